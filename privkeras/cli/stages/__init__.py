@@ -1,0 +1,1 @@
+"""Stages of `privkeras demo`, one module per privacy policy."""

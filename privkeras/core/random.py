@@ -1,0 +1,139 @@
+"""Cryptographically secure, seedable random streams.
+
+Every share, mask, Beaver triple and secure DP noise sample in privkeras comes
+from a `SecureStream`: AES-256 in counter mode (from `cryptography`), keyed
+from `os.urandom` or, for reproducible tests, from a seed. Two parties that
+hold the same seed derive the same stream without talking (pairwise shared
+seeds, as in Pond and ABY3).
+
+Streams produce numpy arrays. The same seed gives the same numbers for every
+tensor library: engines convert them with their kernels' `from_numpy`, which
+copies values bit for bit.
+
+Notes:
+    Counter-mode AES is a PRG under the standard assumption that AES is a
+    pseudo-random permutation; it is the generator behind CrypTen's and
+    TF-Encrypted's seeded randomness in spirit, without their use of
+    `torch.Generator` or TensorFlow's stateless (non-cryptographic) RNG.
+    Gaussian samples use the Box-Muller transform on 53-bit uniforms; they
+    are floating-point samples and inherit the known floating-point caveats
+    of DP noise (Mironov, CCS 2012).
+
+Example:
+
+```python
+from privkeras.core.random import SecureStream
+
+stream = SecureStream(seed=42)        # reproducible (tests only)
+shares = stream.ring((2, 3))          # uniform in Z_2^64, as int64
+noise = SecureStream().gaussian((10,), std=1.1)   # keyed from os.urandom
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = ["SecureStream"]
+
+_KEY_BYTES = 32
+_SEED_DOMAIN = b"privkeras.core.random/seed/v1"
+_FORK_DOMAIN = b"privkeras.core.random/fork/v1"
+
+
+def _shape_size(shape: int | Sequence[int]) -> tuple[tuple[int, ...], int]:
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"Expected a shape of non-negative sizes. Received: shape={shape}")
+    return shape, int(np.prod(shape, dtype=np.int64))
+
+
+class SecureStream:
+    """A deterministic stream of cryptographically secure random values.
+
+    Args:
+        seed: None for a fresh key from `os.urandom` (production), or an int,
+            str or bytes that derives the key deterministically (tests, and
+            pairwise seeds agreed between parties).
+
+    The stream is stateful: every call consumes fresh keystream, so two calls
+    never return the same values. It is not thread-safe; fork one stream per
+    thread or party with `fork`.
+    """
+
+    def __init__(self, seed: int | str | bytes | None = None):
+        if seed is None:
+            key = os.urandom(_KEY_BYTES)
+        else:
+            key = hashlib.sha256(_SEED_DOMAIN + _seed_bytes(seed)).digest()
+        self._key = key
+        self._encryptor = Cipher(algorithms.AES(key), modes.CTR(b"\0" * 16)).encryptor()
+        self.seeded = seed is not None
+
+    @classmethod
+    def _from_key(cls, key: bytes, seeded: bool) -> SecureStream:
+        stream = cls.__new__(cls)
+        stream._key = key
+        stream._encryptor = Cipher(algorithms.AES(key), modes.CTR(b"\0" * 16)).encryptor()
+        stream.seeded = seeded
+        return stream
+
+    def fork(self, label: str | bytes) -> SecureStream:
+        """An independent stream derived from this stream's key and `label`.
+
+        Forks with the same label from equal streams are equal; forks with
+        different labels are independent. Forking does not advance `self`.
+        """
+        key = hmac.new(self._key, _FORK_DOMAIN + _seed_bytes(label), hashlib.sha256).digest()
+        return SecureStream._from_key(key, self.seeded)
+
+    def random_bytes(self, n: int) -> bytes:
+        """`n` bytes of keystream."""
+        if n < 0:
+            raise ValueError(f"Expected n >= 0. Received: n={n}")
+        return self._encryptor.update(bytes(n))
+
+    def ring(self, shape: int | Sequence[int]) -> np.ndarray:
+        """Uniform elements of Z_2^64 as int64 (two's complement)."""
+        shape, size = _shape_size(shape)
+        return np.frombuffer(self.random_bytes(8 * size), dtype="<i8").astype(np.int64).reshape(shape)
+
+    def bits(self, shape: int | Sequence[int]) -> np.ndarray:
+        """Uniform bits as int64 zeros and ones."""
+        shape, size = _shape_size(shape)
+        raw = np.frombuffer(self.random_bytes((size + 7) // 8), dtype=np.uint8)
+        return np.unpackbits(raw, count=size, bitorder="little").astype(np.int64).reshape(shape)
+
+    def uniform(self, shape: int | Sequence[int]) -> np.ndarray:
+        """Uniform float64 in [0, 1) with 53 random bits each."""
+        shape, size = _shape_size(shape)
+        raw = np.frombuffer(self.random_bytes(8 * size), dtype="<u8")
+        return ((raw >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(shape)
+
+    def gaussian(self, shape: int | Sequence[int], std: float = 1.0) -> np.ndarray:
+        """Normal samples N(0, std^2) as float64 (Box-Muller)."""
+        if not std >= 0:
+            raise ValueError(f"Expected std >= 0. Received: std={std}")
+        shape, size = _shape_size(shape)
+        pairs = (size + 1) // 2
+        u = self.uniform(2 * pairs)
+        radius = np.sqrt(-2.0 * np.log1p(-u[:pairs]))  # 1 - u in (0, 1]
+        angle = 2.0 * np.pi * u[pairs:]
+        normal = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
+        return (std * normal).reshape(shape)
+
+
+def _seed_bytes(seed: int | str | bytes) -> bytes:
+    if isinstance(seed, bytes):
+        return seed
+    if isinstance(seed, str):
+        return seed.encode()
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return int(seed).to_bytes(16, "little", signed=True)
+    raise TypeError(f"Expected a seed of type int, str or bytes. Received: {seed!r}")
