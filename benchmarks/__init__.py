@@ -1,0 +1,1 @@
+"""privkeras benchmarks: `python -m benchmarks [SUITE ...] [--quick] [--json PATH]`."""
