@@ -42,9 +42,14 @@ def _format(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     suites = available_suites()
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of {suites} (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "suites", nargs="*", metavar="SUITE", help=f"any of {suites} (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--json", metavar="PATH", help="write the rows to PATH as JSON")
     args = parser.parse_args(argv)
@@ -60,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         suite_rows = module.run(quick=args.quick)
         print(f"== {name} ({time.perf_counter() - start:.1f} s)")
         for r in suite_rows:
-            print(f"  {r['case']:<40} {r['metric']:<22} {_format(r['value']):>12} {r['unit']:<8}"
-                  f" baseline {_format(r['baseline']):>10}  ratio {_format(r['ratio'])}")
+            print(
+                f"  {r['case']:<40} {r['metric']:<22} {_format(r['value']):>12} {r['unit']:<8}"
+                f" baseline {_format(r['baseline']):>10}  ratio {_format(r['ratio'])}"
+            )
         rows.extend(suite_rows)
     if args.json:
         import keras

@@ -19,7 +19,7 @@ class Split(NamedTuple):
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Split:
     # Data shuffling is not a secret: a seeded numpy generator is right here.
     order = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(len(x) * test_fraction))
+    n_test = round(len(x) * test_fraction)
     test, train = order[:n_test], order[n_test:]
     return Split(x[train], y[train], x[test], y[test])
 
@@ -32,7 +32,9 @@ def breast_cancer(test_fraction: float = 0.25, seed: int = 0) -> Split:
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
-    split = _split(data.data.astype(np.float64), data.target.astype(np.float32), test_fraction, seed)
+    split = _split(
+        data.data.astype(np.float64), data.target.astype(np.float32), test_fraction, seed
+    )
     mean, std = split.x_train.mean(0), split.x_train.std(0) + 1e-12
     return Split(
         ((split.x_train - mean) / std).astype(np.float32),

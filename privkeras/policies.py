@@ -80,9 +80,7 @@ class Policy:
 
     def describe(self) -> str:
         """One line for `model.summary()`."""
-        fields = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-        )
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{type(self).__name__}({fields})"
 
 
@@ -268,9 +266,7 @@ class HE(Policy):
         _check_choice(name, "security_level", self.security_level, self.SECURITY_LEVELS)
 
 
-_POLICY_CLASSES: dict[str, type[Policy]] = {
-    cls.kind: cls for cls in (DPSGD, Federated, MPC, HE)
-}
+_POLICY_CLASSES: dict[str, type[Policy]] = {cls.kind: cls for cls in (DPSGD, Federated, MPC, HE)}
 
 #: What each shorthand string stands for.
 SHORTHANDS: dict[str, Policy] = {}

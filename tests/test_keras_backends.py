@@ -19,9 +19,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_multi_backend_tests_pass_under_torch():
     env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "multi_backend", "-p", "no:cacheprovider",
-         "tests"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "multi_backend",
+            "-p",
+            "no:cacheprovider",
+            "tests",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     tail = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0, f"torch-backend run failed:\n{tail}"

@@ -51,8 +51,12 @@ class Engine(abc.ABC):
     @classmethod
     def capabilities(cls) -> frozenset[str]:
         """The operations this engine offers, read from its flags."""
-        flags = {"fit": cls.TRAINS, "predict": cls.PREDICTS, "evaluate": cls.EVALUATES,
-                 "export": cls.EXPORTS}
+        flags = {
+            "fit": cls.TRAINS,
+            "predict": cls.PREDICTS,
+            "evaluate": cls.EVALUATES,
+            "export": cls.EXPORTS,
+        }
         return frozenset(op for op, on in flags.items() if on)
 
     def on_compile(self, model: Any) -> None:  # noqa: B027 - optional hook

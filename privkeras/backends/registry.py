@@ -40,9 +40,7 @@ def register_engine(cls: type[Engine] | None = None, *, replace: bool = False):
 
     def _register(engine_cls: type[Engine]) -> type[Engine]:
         if not (isinstance(engine_cls, type) and issubclass(engine_cls, Engine)):
-            raise EngineRegistrationError(
-                f"Expected an Engine subclass. Received: {engine_cls!r}"
-            )
+            raise EngineRegistrationError(f"Expected an Engine subclass. Received: {engine_cls!r}")
         for attr in ("name", "policy_kind"):
             if not hasattr(engine_cls, attr):
                 raise EngineRegistrationError(
@@ -101,7 +99,9 @@ def get_engine(policy: Policy | None, keras_backend: str) -> Engine:
     fitting = [cls for cls in candidates if keras_backend in cls.keras_backends]
     if requested is None and len(fitting) > 1:
         # Several variants: prefer the one whose tensors match the Keras backend.
-        preferred = [cls for cls in fitting if getattr(cls, "native_backend", None) == keras_backend]
+        preferred = [
+            cls for cls in fitting if getattr(cls, "native_backend", None) == keras_backend
+        ]
         fitting = preferred or fitting
     if fitting:
         return fitting[0](policy)

@@ -25,8 +25,9 @@ def run(verbose: bool = False) -> dict:
     keras.utils.set_random_seed(0)
     data = datasets.breast_cancer()
     model = breast_cancer_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", metrics=["accuracy"]
+    )
     start = time.perf_counter()
     model.fit(data.x_train, data.y_train, epochs=20, batch_size=32, verbose=int(verbose))
     _, accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
