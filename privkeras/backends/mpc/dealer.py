@@ -1,0 +1,176 @@
+"""Pond's dealer: correlated randomness for two compute parties.
+
+The dealer (a *crypto provider*, as in SPDZ-with-a-trusted-dealer, Pond of
+TF-Encrypted and CrypTen's `TrustedThirdParty`) hands each compute party its
+share of random values with a known relation: Beaver triples c = a * b (for
+elementwise products, matrix products and convolutions), binary AND triples,
+random values given both as arithmetic and as binary shares (edaBits), and
+random bits given in both sharings.
+
+Every value comes from `SecureStream`s. Party 0's share of everything is
+expanded from a seed party 0 shares with the dealer (so the dealer sends
+party 0 nothing); party 1's share of a *random* value also comes from a seed,
+and only party 1's share of a *derived* value (c = a * b, or a sharing of a
+known bit) is sent. Those bytes are counted as the communicator's offline
+bytes.
+
+Notes:
+    Security rests on the dealer being honest and colluding with no compute
+    party: the dealer knows every mask, so together with either party it
+    learns every secret. The runtime warns about this once.
+    Beaver, "Efficient multiparty protocols using circuit randomization",
+    CRYPTO 1991; Riazi et al., "Chameleon", AsiaCCS 2018 (trusted dealer);
+    Dalskov, Escudero and Keller, "Secure evaluation of quantized neural
+    networks", PETS 2020 (edaBits-style masks for comparisons).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from privkeras.backends.mpc.communicator import Communicator, Message
+from privkeras.backends.mpc.protocols.streams import PartyStreams
+from privkeras.core.kernels import RingKernels
+
+__all__ = ["Dealer"]
+
+Tensor = Any
+Shares = tuple[Tensor, Tensor]
+
+
+class Dealer:
+    """Produces correlated randomness for Pond's two compute parties.
+
+    Args:
+        kernels: Ring kernels the shares are made on.
+        streams: The runtime's `PartyStreams`.
+        communicator: Counts the bytes the dealer sends (offline).
+        parties: Names of the two compute parties.
+    """
+
+    name = "dealer"
+
+    def __init__(
+        self,
+        kernels: RingKernels,
+        streams: PartyStreams,
+        communicator: Communicator,
+        parties: Sequence[str] = ("p0", "p1"),
+    ):
+        self.kernels = kernels
+        self.streams = streams
+        self.communicator = communicator
+        self.parties = tuple(parties)
+
+    # -- building blocks -----------------------------------------------------------
+    def _seeded_ring(self, party: int, shape: Sequence[int]) -> Tensor:
+        return self.kernels.from_numpy(self.streams.dealer(party).ring(shape))
+
+    def _seeded_bits(self, party: int, shape: Sequence[int]) -> Tensor:
+        return self.kernels.from_numpy(self.streams.dealer(party).bits(shape))
+
+    def _random(self, shape: Sequence[int]) -> Shares:
+        """Additive shares of a uniformly random ring value (no bytes sent)."""
+        return self._seeded_ring(0, shape), self._seeded_ring(1, shape)
+
+    def _random_xor(self, shape: Sequence[int]) -> Shares:
+        """XOR shares of a uniformly random 64-bit word (no bytes sent)."""
+        return self._seeded_ring(0, shape), self._seeded_ring(1, shape)
+
+    def _share_known(self, values: Sequence[Tensor], xor: Sequence[bool]) -> list[Shares]:
+        """Shares of values the dealer computed: party 0's from its seed, party 1's sent."""
+        k = self.kernels
+        shares, corrections = [], []
+        for value, is_xor in zip(values, xor):
+            share0 = self._seeded_ring(0, k.shape(value))
+            share1 = k.bitwise_xor(value, share0) if is_xor else k.sub(value, share0)
+            shares.append((share0, share1))
+            corrections.append(share1)
+        self.communicator.exchange(
+            [Message(self.name, self.parties[1], tuple(corrections))], offline=True
+        )
+        return shares
+
+    # -- arithmetic ----------------------------------------------------------------
+    def triple(
+        self,
+        x_shape: Sequence[int],
+        y_shape: Sequence[int],
+        product: Callable[[Tensor, Tensor], Tensor],
+    ) -> tuple[Shares, Shares, Shares]:
+        """A Beaver triple (a, b, c = product(a, b)) for any bilinear `product`.
+
+        `product` is elementwise multiplication, matmul or conv2d on ring tensors.
+        """
+        k = self.kernels
+        a, b = self._random(x_shape), self._random(y_shape)
+        c = product(k.add(a[0], a[1]), k.add(b[0], b[1]))
+        (c_shares,) = self._share_known([c], xor=[False])
+        return a, b, c_shares
+
+    def square_pair(self, shape: Sequence[int]) -> tuple[Shares, Shares]:
+        """A pair (a, a * a) for squaring with one opened value."""
+        k = self.kernels
+        a = self._random(shape)
+        value = k.add(a[0], a[1])
+        (aa,) = self._share_known([k.mul(value, value)], xor=[False])
+        return a, aa
+
+    # -- binary ----------------------------------------------------------------------
+    def edabits(self, shape: Sequence[int]) -> tuple[Shares, Shares]:
+        """A random r as additive shares and as XOR shares of its 64 bits."""
+        k = self.kernels
+        r = self._random(shape)
+        (r_xor,) = self._share_known([k.add(r[0], r[1])], xor=[True])
+        return r, r_xor
+
+    def prefix_triples(
+        self, shape: Sequence[int], shift: int, with_propagate: bool
+    ) -> tuple[Shares, Shares, Shares, Shares | None]:
+        """Masks and AND triples for one Kogge-Stone level.
+
+        Returns XOR shares of masks u (for P) and v (for G) and of
+        u & (v << shift) and, if `with_propagate`, u & (u << shift).
+        """
+        k = self.kernels
+        u, v = self._random_xor(shape), self._random_xor(shape)
+        u_value = k.bitwise_xor(u[0], u[1])
+        v_value = k.bitwise_xor(v[0], v[1])
+        products = [k.bitwise_and(u_value, k.shift_left(v_value, shift))]
+        if with_propagate:
+            products.append(k.bitwise_and(u_value, k.shift_left(u_value, shift)))
+        shared = self._share_known(products, xor=[True] * len(products))
+        return u, v, shared[0], (shared[1] if with_propagate else None)
+
+    def and_triple(self, shape: Sequence[int]) -> tuple[Shares, Shares, Shares]:
+        """XOR shares of random words u, v and of u & v."""
+        k = self.kernels
+        u, v = self._random_xor(shape), self._random_xor(shape)
+        product = k.bitwise_and(k.bitwise_xor(u[0], u[1]), k.bitwise_xor(v[0], v[1]))
+        (uv,) = self._share_known([product], xor=[True])
+        return u, v, uv
+
+    def random_bit(self, shape: Sequence[int]) -> tuple[Shares, Shares]:
+        """A random bit b (int64 0/1) as XOR shares and as additive shares."""
+        k = self.kernels
+        b_xor = (self._seeded_bits(0, shape), self._seeded_bits(1, shape))
+        (b_arith,) = self._share_known([k.bitwise_xor(b_xor[0], b_xor[1])], xor=[False])
+        return b_xor, b_arith
+
+    def bit_injection(
+        self, bit_shape: Sequence[int], x_shapes: Sequence[Sequence[int]]
+    ) -> tuple[Shares, Shares, list[Shares], list[Shares]]:
+        """Correlations for multiplying shared values by a shared bit.
+
+        Returns XOR shares of a random bit b (int64 0/1, shape `bit_shape`),
+        additive shares of b, and for each shape in `x_shapes` additive
+        shares of a random ring mask a_j and of a_j * b (b broadcast).
+        """
+        k = self.kernels
+        b_xor = (self._seeded_bits(0, bit_shape), self._seeded_bits(1, bit_shape))
+        b = k.bitwise_xor(b_xor[0], b_xor[1])
+        masks = [self._random(shape) for shape in x_shapes]
+        products = [k.mul(k.add(a[0], a[1]), b) for a in masks]
+        known = self._share_known([b, *products], xor=[False] * (1 + len(products)))
+        return b_xor, known[0], masks, known[1:]

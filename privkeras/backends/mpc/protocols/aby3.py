@@ -1,0 +1,254 @@
+"""ABY3: three parties, replicated secret sharing over Z_2^64, no dealer.
+
+A value x = x0 + x1 + x2 mod 2^64 (or x0 XOR x1 XOR x2 for binary shares)
+is held as party i holding components (x_i, x_{i+1}), indices mod 3: any two
+parties can reconstruct, no single party learns anything. Products are
+computed locally as a 3-out-of-3 sharing, re-randomized with a
+pseudo-random zero sharing and re-shared in one round.
+
+Notes:
+    Mohassel and Rindal, "ABY3: A Mixed Protocol Framework for Machine
+    Learning", CCS 2018; Araki et al., "High-throughput semi-honest secure
+    three-party computation with an honest majority", CCS 2016 (replicated
+    multiplication, zero sharing from pairwise keys). Semi-honest, honest
+    majority: security holds while at most one party is corrupted.
+
+    Zero sharing: keys k_j are shared by parties j and j-1; party i uses
+    alpha_i = F(k_i) - F(k_{i+1}) (XOR for binary). The alphas sum to zero
+    and each looks uniform to every other single party.
+
+    Truncation follows ABY3's Pi_trunc1 (section 5.1.1): the 3-out-of-3
+    product z0 + z1 + z2 becomes the 2-out-of-2 sharing (z0 + z1, z2) of
+    parties p0 and p2 (p1 sends z1 to p0), which truncate locally as in
+    SecureML; the result is re-shared as (A' - r, r, B') with r drawn from
+    the key of p0 and p1. A product with truncation costs 2 rounds; the
+    failure probability is SecureML's, at most (|x| + 1) / 2^64 for the ring
+    value x being truncated, i.e. |v| * 2^(2f - 64) for a product v of two
+    reals at scale 2^f (|v| * 2^-32 at f = 16); otherwise the error is at
+    most 1 ulp.
+
+    Comparisons: the three components are three addends known to two
+    parties each; a full-adder layer (one AND round) turns them into two
+    addends, and the Kogge-Stone circuit (section 5.3) finds the sign bit
+    in 7 more AND rounds. Bits return to arithmetic sharing in 2 rounds
+    (p0 re-shares x0 XOR x1, then one product with x2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from privkeras.backends.mpc.communicator import Message
+from privkeras.backends.mpc.protocols.base import PRODUCTS, Protocol, Shares
+from privkeras.backends.mpc.protocols.binary import msb_of_sum
+
+__all__ = ["ABY3Protocol"]
+
+Tensor = Any
+_NEXT = (1, 2, 0)
+_PREV = (2, 0, 1)
+
+
+class ABY3Protocol(Protocol):
+    """Three-party replicated secret sharing (ABY3), semi-honest, no dealer.
+
+    Args:
+        kernels: Ring kernels.
+        streams: The runtime's random streams.
+        communicator: Communicator of parties `p0`, `p1`, `p2`.
+        precision_bits: Fractional bits of the fixed-point encoding.
+    """
+
+    name = "aby3"
+    num_parties = 3
+    num_components = 3
+
+    # -- randomness -----------------------------------------------------------------------
+    def _key_draws(self, shape, bits: bool = False) -> list[Tensor]:
+        """F(k_j) for j = 0, 1, 2; key k_j is shared by parties j and j - 1."""
+        k = self.kernels
+        draws = []
+        for j in range(3):
+            stream = self.streams.pair(j, _PREV[j])
+            draws.append(k.from_numpy(stream.bits(shape) if bits else stream.ring(shape)))
+        return draws
+
+    def _zero_sharing(self, shape) -> list[Tensor]:
+        k = self.kernels
+        f = self._key_draws(shape)
+        return [k.sub(f[i], f[_NEXT[i]]) for i in range(3)]
+
+    def _xor_zero_sharing(self, shape) -> list[Tensor]:
+        k = self.kernels
+        f = self._key_draws(shape)
+        return [k.bitwise_xor(f[i], f[_NEXT[i]]) for i in range(3)]
+
+    # -- communication --------------------------------------------------------------------------
+    def _reshare(self, z: list[Tensor]) -> Shares:
+        """Party i sends z_i to party i - 1 (one round): (z_i) becomes replicated."""
+        return self._reshare_many([z])[0]
+
+    def _reshare_many(self, zs: list[list[Tensor]]) -> list[Shares]:
+        names = self.parties
+        inbox = self.communicator.exchange(
+            [Message(names[i], names[_PREV[i]], tuple(z[i] for z in zs)) for i in range(3)]
+        )
+        # Party i keeps z_i and receives z_{i+1} from party i + 1; component c of the
+        # result is what party c - 1 received (and party c computed).
+        received = [inbox[names[_NEXT[i]], names[i]] for i in range(3)]
+        return [tuple(received[_PREV[c]][index] for c in range(3)) for index in range(len(zs))]
+
+    # -- sharing and revealing -------------------------------------------------------------
+    def share(self, value: Tensor, owner: str) -> Shares:
+        k = self.kernels
+        shape = k.shape(value)
+        names = self.parties
+        if owner in names:
+            j = names.index(owner)
+            # s_j from the key of (j, j-1), s_{j+2} from the common key, s_{j+1} sent to j+1.
+            parts: list[Tensor] = [None, None, None]
+            parts[j] = k.from_numpy(self.streams.pair(j, _PREV[j]).ring(shape))
+            parts[_PREV[j]] = k.from_numpy(self.streams.common().ring(shape))
+            parts[_NEXT[j]] = k.sub(k.sub(value, parts[j]), parts[_PREV[j]])
+            self.communicator.exchange([Message(owner, names[_NEXT[j]], parts[_NEXT[j]])])
+            return tuple(parts)
+        # An outside owner: s0 and s1 from seeds it shares with their holders, s2 sent.
+        s0 = k.from_numpy(self.streams.owner(owner, 0, 2).ring(shape))
+        s1 = k.from_numpy(self.streams.owner(owner, 0, 1).ring(shape))
+        s2 = k.sub(k.sub(value, s0), s1)
+        self.communicator.exchange([Message(owner, names[1], s2), Message(owner, names[2], s2)])
+        return s0, s1, s2
+
+    def reveal(self, shares: Shares, to: str) -> Tensor:
+        k = self.kernels
+        names = self.parties
+        if to in names:
+            j = names.index(to)
+            sender = names[_NEXT[j]]
+            missing = _PREV[j]  # the component party j lacks, held by party j + 1
+            inbox = self.communicator.exchange([Message(sender, to, shares[missing])])
+            received = inbox[sender, to]
+            return k.add(k.add(shares[j], shares[_NEXT[j]]), received)
+        inbox = self.communicator.exchange([Message(names[i], to, shares[i]) for i in range(3)])
+        parts = [inbox[names[i], to] for i in range(3)]
+        return k.add(k.add(parts[0], parts[1]), parts[2])
+
+    # -- local steps ---------------------------------------------------------------------------------
+    def add_public(self, x: Shares, public: Tensor) -> Shares:
+        return self.kernels.add(x[0], public), x[1], x[2]
+
+    def xor_public(self, x: Shares, public: Tensor) -> Shares:
+        return self.kernels.bitwise_xor(x[0], public), x[1], x[2]
+
+    # -- products ----------------------------------------------------------------------------------
+    def _local_product(self, x: Shares, y: Shares, op: str, kwargs) -> list[Tensor]:
+        """Each party's 3-out-of-3 share of x * y (before re-randomization)."""
+        k = self.kernels
+        fn = PRODUCTS[op]
+        out = []
+        for i in range(3):
+            j = _NEXT[i]
+            # x_i y_i + x_i y_j + x_j y_i = x_i (y_i + y_j) + x_j y_i
+            out.append(k.add(fn(k, x[i], k.add(y[i], y[j]), **kwargs), fn(k, x[j], y[i], **kwargs)))
+        return out
+
+    def product(self, x: Shares, y: Shares, op: str, **kwargs: Any) -> Shares:
+        k = self.kernels
+        z = self._local_product(x, y, op, kwargs)
+        alpha = self._zero_sharing(k.shape(z[0]))
+        return self._reshare([k.add(z[i], alpha[i]) for i in range(3)])
+
+    def product_truncated(self, x: Shares, y: Shares, op: str, bits: int, **kwargs: Any) -> Shares:
+        k = self.kernels
+        z = self._local_product(x, y, op, kwargs)
+        alpha = self._zero_sharing(k.shape(z[0]))
+        z = [k.add(z[i], alpha[i]) for i in range(3)]
+        # Round 1: p1 sends z1 to p0, which now holds A = z0 + z1; p2 holds B = z2.
+        names = self.parties
+        inbox = self.communicator.exchange([Message(names[1], names[0], z[1])])
+        a = k.add(z[0], inbox[names[1], names[0]])
+        return self._truncate_pair(a, z[2], bits)
+
+    def truncate(self, x: Shares, bits: int) -> Shares:
+        # p0 holds x0 and x1, p2 holds x2: already a 2-out-of-2 sharing, no first round.
+        return self._truncate_pair(self.kernels.add(x[0], x[1]), x[2], bits)
+
+    def _truncate_pair(self, a: Tensor, b: Tensor, bits: int) -> Shares:
+        """Truncates p0's A and p2's B locally, then re-shares as (A' - r, r, B') in one round."""
+        k = self.kernels
+        names = self.parties
+        a_trunc = k.shift_right_arithmetic(a, bits)  # p0
+        b_trunc = k.neg(k.shift_right_arithmetic(k.neg(b), bits))  # p2
+        r = k.from_numpy(self.streams.pair(0, 1).ring(k.shape(a)))  # p0 and p1
+        t0 = k.sub(a_trunc, r)
+        inbox = self.communicator.exchange(
+            [Message(names[0], names[2], t0), Message(names[2], names[1], b_trunc)]
+        )
+        # p0 holds (t0, r), p1 holds (r, B'), p2 holds (B', t0).
+        return inbox[names[0], names[2]], r, inbox[names[2], names[1]]
+
+    # -- binary ------------------------------------------------------------------------------------------
+    def _and_many(self, pairs: list[tuple[Shares, Shares]]) -> list[Shares]:
+        """x AND y for several pairs of XOR-shared words, in one round."""
+        k = self.kernels
+        zs = []
+        for x, y in pairs:
+            beta = self._xor_zero_sharing(k.shape(x[0]))
+            z = []
+            for i in range(3):
+                j = _NEXT[i]
+                term = k.bitwise_xor(
+                    k.bitwise_and(x[i], k.bitwise_xor(y[i], y[j])), k.bitwise_and(x[j], y[i])
+                )
+                z.append(k.bitwise_xor(term, beta[i]))
+            zs.append(z)
+        return self._reshare_many(zs)
+
+    def prefix_level(
+        self, p: Shares, g: Shares, shift: int, with_propagate: bool
+    ) -> tuple[Shares, Shares]:
+        """One Kogge-Stone level: both ANDs in one round."""
+        k = self.kernels
+
+        def shifted(x: Shares) -> Shares:
+            return self.local(lambda s: k.shift_left(s, shift), x)
+
+        pairs = [(p, shifted(g))] + ([(p, shifted(p))] if with_propagate else [])
+        results = self._and_many(pairs)
+        new_g = self.local(k.bitwise_xor, g, results[0])
+        return new_g, (results[1] if with_propagate else p)
+
+    def negative_bit(self, x: Shares) -> Shares:
+        k = self.kernels
+        # The components read as XOR shares are the sum bits of a full adder of the three
+        # addends; the majority (the carries) is a 3-out-of-3 XOR sharing that each party
+        # computes from its own two components: x0&x1 ^ x1&x2 ^ x2&x0.
+        beta = self._xor_zero_sharing(self.shape(x))
+        majority = self._reshare(
+            [k.bitwise_xor(k.bitwise_and(x[i], x[_NEXT[i]]), beta[i]) for i in range(3)]
+        )
+        carry = self.local(lambda s: k.shift_left(s, 1), majority)
+        (generate,) = self._and_many([(x, carry)])
+        propagate = self.local(k.bitwise_xor, x, carry)
+        return msb_of_sum(self, generate, propagate)
+
+    def bit_to_arithmetic(self, bit: Shares) -> Shares:
+        k = self.kernels
+        # p0 knows u = b0 XOR b1 and shares it arithmetically; b2 is held by p1 and p2.
+        u = self.share(k.bitwise_xor(bit[0], bit[1]), self.parties[0])
+        zero = k.zeros(self.shape(bit))
+        b2 = (zero, zero, bit[2])
+        ub2 = self.product(u, b2, "mul")
+        # u XOR b2 = u + b2 - 2 u b2
+        return self.local(lambda us, bs, ps: k.sub(k.add(us, bs), k.shift_left(ps, 1)), u, b2, ub2)
+
+    def multiply_by_bit(self, bit: Shares, xs: list[Shares]) -> tuple[list[Shares], Shares]:
+        k = self.kernels
+        arith = self.bit_to_arithmetic(bit)
+        zs = []
+        for x in xs:
+            z = self._local_product(x, arith, "mul", {})
+            alpha = self._zero_sharing(k.shape(z[0]))
+            zs.append([k.add(z[i], alpha[i]) for i in range(3)])
+        products = self._reshare_many(zs) if zs else []
+        return products, arith

@@ -1,0 +1,227 @@
+"""`MPCRuntime`: parties, protocol, kernels, codec and communicator of one secure computation.
+
+The runtime simulates every party in this process: each party computes its
+own local steps on its own shares, and the messages between them go through
+an `InProcessCommunicator` that counts bytes and rounds. A networked
+deployment swaps the communicator, not the protocol code.
+
+Example:
+
+```python
+import numpy as np
+from privkeras.backends.mpc.runtime import MPCRuntime
+
+rt = MPCRuntime(protocol="aby3", kernels="numpy", seed=0)
+x = rt.share(np.array([0.5, -1.5]), owner="alice", name="x")
+y = x * x + 1.0
+rt.reveal(y, to="alice", what="y")         # array([1.25, 3.25])
+rt.communicator.rounds, rt.reveal_log
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+
+from privkeras.backends.mpc.communicator import Communicator, InProcessCommunicator
+from privkeras.backends.mpc.protocols.aby3 import ABY3Protocol
+from privkeras.backends.mpc.protocols.base import Protocol
+from privkeras.backends.mpc.protocols.pond import PondProtocol
+from privkeras.backends.mpc.protocols.streams import PartyStreams
+from privkeras.backends.mpc.tensor import SharedTensor
+from privkeras.core.fixed_point import FixedPointCodec
+from privkeras.core.kernels import KERNEL_LIBRARIES, RingKernels, get_kernels
+from privkeras.errors import PrecisionOverflowError
+
+__all__ = ["PROTOCOLS", "MPCRuntime", "RevealRecord", "register_protocol"]
+
+#: Protocols by name.
+PROTOCOLS: dict[str, type[Protocol]] = {}
+
+DEALER_WARNING = (
+    "MPC protocol 'pond' trusts its dealer: the dealer of correlated randomness (Beaver "
+    "triples, masks) must be honest and must not collude with either compute party, or "
+    "every secret is exposed. Use protocol='aby3' (three parties, no dealer) if no such "
+    "party exists."
+)
+_dealer_warned = False
+
+
+def register_protocol(cls: type[Protocol]) -> type[Protocol]:
+    """Registers a protocol class under `cls.name`; refuses duplicates."""
+    if cls.name in PROTOCOLS:
+        raise ValueError(f"Expected a new protocol name. Received: {cls.name!r} (registered)")
+    PROTOCOLS[cls.name] = cls
+    return cls
+
+
+register_protocol(PondProtocol)
+register_protocol(ABY3Protocol)
+
+
+@dataclasses.dataclass(frozen=True)
+class RevealRecord:
+    """One reveal: what was revealed, to whom, and its shape."""
+
+    what: str
+    to: str
+    shape: tuple[int, ...]
+
+
+class MPCRuntime:
+    """A secure computation among simulated parties.
+
+    Args:
+        protocol: `"pond"` (2 parties + dealer) or `"aby3"` (3 parties).
+        kernels: `"numpy"`, `"torch"` or `"tensorflow"` (or a `RingKernels`).
+        precision_bits: Fractional bits of the fixed-point encoding, in [1, 40].
+        seed: None for keys from `os.urandom`, or an int that makes every
+            share reproducible (tests only: not secure).
+        communicator: A `Communicator` for the protocol's parties; an
+            `InProcessCommunicator` by default.
+
+    Raises:
+        ValueError: For an unknown protocol or kernel library (listing those
+            that exist) or a bad precision.
+
+    Example:
+
+    ```python
+    rt = MPCRuntime("pond", kernels="torch", seed=1)
+    a = rt.share(np.ones((2, 3)), owner="alice")
+    (a @ np.ones((3, 1))).reveal(to="alice")     # [[3.], [3.]]
+    ```
+    """
+
+    def __init__(
+        self,
+        protocol: str = "pond",
+        kernels: str | RingKernels = "numpy",
+        precision_bits: int = 16,
+        seed: int | None = None,
+        communicator: Communicator | None = None,
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(
+                f"Expected protocol in {sorted(PROTOCOLS)}. Received: protocol={protocol!r}"
+            )
+        if isinstance(kernels, RingKernels):
+            self.kernels = kernels
+        elif kernels in KERNEL_LIBRARIES:
+            self.kernels = get_kernels(kernels)
+        else:
+            raise ValueError(
+                f"Expected kernels in {list(KERNEL_LIBRARIES)}. Received: kernels={kernels!r}"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"Expected seed to be None or an int. Received: seed={seed!r}")
+        self.codec = FixedPointCodec(precision_bits=precision_bits)
+        cls = PROTOCOLS[protocol]
+        self.protocol_name = protocol
+        parties = [f"p{i}" for i in range(cls.num_parties)]
+        self.communicator = communicator or InProcessCommunicator(parties)
+        if tuple(self.communicator.parties) != tuple(parties):
+            raise ValueError(
+                f"Expected a communicator for parties {parties}. "
+                f"Received: parties={list(self.communicator.parties)}"
+            )
+        self.seed = seed
+        self.streams = PartyStreams(cls.num_parties, seed)
+        self.protocol: Protocol = cls(
+            self.kernels, self.streams, self.communicator, self.codec.precision_bits
+        )
+        self.reveal_log: list[RevealRecord] = []
+        if protocol == "pond":
+            _warn_dealer_once()
+
+    def __repr__(self) -> str:
+        return (
+            f"MPCRuntime(protocol={self.protocol_name!r}, kernels={self.kernels.name!r}, "
+            f"precision_bits={self.codec.precision_bits})"
+        )
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """Names of the compute parties."""
+        return self.communicator.parties
+
+    # -- encoding --------------------------------------------------------------------------
+    def encode_public(self, value: Any, name: str = "public value") -> Any:
+        """A public real array as a ring tensor at scale 2^f (no sharing)."""
+        if isinstance(value, SharedTensor):
+            raise TypeError("Expected a public value. Received: a SharedTensor")
+        encoded = self.codec.encode(_to_numpy(value), name=name)
+        return self.kernels.from_numpy(encoded)
+
+    # -- sharing ------------------------------------------------------------------------------
+    def share(self, value: Any, owner: str = "caller", name: str = "x") -> SharedTensor:
+        """Secret-shares real values held by `owner` among the compute parties.
+
+        Args:
+            value: Array-like of reals (numpy, torch, tf, lists, numbers).
+            owner: Who holds the plaintext: a compute party (`"p0"`...) shares
+                without communicating; anyone else sends one message per share.
+            name: What to call the value in errors.
+
+        Returns:
+            A `SharedTensor` at scale 2^f.
+
+        Raises:
+            PrecisionOverflowError: For NaN, infinite or out-of-range values,
+                naming `name`.
+        """
+        encoded = self.encode_public(value, name=name)
+        return SharedTensor(self, self.protocol.share(encoded, owner))
+
+    def share_public(self, value: Any, name: str = "public value") -> SharedTensor:
+        """A public value as a (trivial) sharing, without communication."""
+        encoded = self.encode_public(value, name=name)
+        zero = self.kernels.zeros(self.kernels.shape(encoded))
+        return SharedTensor(
+            self, self.protocol.add_public((zero,) * self.protocol.num_components, encoded)
+        )
+
+    # -- revealing -------------------------------------------------------------------------------
+    def reveal(self, x: SharedTensor, to: str = "caller", what: str = "value") -> np.ndarray:
+        """Opens `x` to `to` (one round) and logs the reveal.
+
+        Returns:
+            The decoded values as a float64 numpy array.
+        """
+        if not isinstance(x, SharedTensor) or x.runtime is not self:
+            raise TypeError("Expected a SharedTensor of this runtime.")
+        ring = self.protocol.reveal(x.shares, to)
+        self.reveal_log.append(RevealRecord(what=what, to=to, shape=x.shape))
+        return self.codec.decode(self.kernels.to_numpy(ring))
+
+    def check_range(self, values: np.ndarray, name: str, limit: float | None = None) -> None:
+        """Raises `PrecisionOverflowError` naming `name` if |values| reach `limit`.
+
+        `limit` defaults to the codec's range; engines call this on revealed values.
+        """
+        limit = self.codec.max_abs if limit is None else limit
+        values = np.asarray(values)
+        if values.size and np.max(np.abs(values)) >= limit:
+            raise PrecisionOverflowError(
+                f"Expected |{name}| < {limit:g} to fit {self.codec!r}. "
+                f"Received: a value of {float(np.max(np.abs(values))):g}"
+            )
+
+
+def _warn_dealer_once() -> None:
+    global _dealer_warned
+    if not _dealer_warned:
+        _dealer_warned = True
+        warnings.warn(DEALER_WARNING, UserWarning, stacklevel=3)
+
+
+def _to_numpy(value: Any) -> Any:
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        return value.numpy()
+    return value

@@ -1,0 +1,547 @@
+"""`SharedTensor`: a fixed-point real tensor secret-shared among the parties.
+
+A `SharedTensor` is an immutable value: every operation returns a new one.
+It holds one ring tensor per share component (see
+`privkeras.backends.mpc.protocols.base`) at scale 2^f, f the runtime's
+precision bits. Operations with public operands (Python numbers, numpy
+arrays) are local; products of two shared operands, comparisons and the
+approximations of `privkeras.backends.mpc.approximations` communicate.
+Every product is truncated back to scale 2^f.
+
+Example:
+
+```python
+import numpy as np
+from privkeras.backends.mpc.runtime import MPCRuntime
+
+rt = MPCRuntime("pond", kernels="torch", seed=0)
+x = rt.share(np.array([[1.0, -2.0]]), owner="alice")
+w = rt.share(np.array([[0.5], [0.25]]), owner="bob")
+y = (x @ w).relu() + 1.0
+y.reveal(to="alice", what="y")        # array([[1.]])
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from privkeras.core.kernels import RingKernels, conv_output_padding
+from privkeras.errors import format_received
+
+if TYPE_CHECKING:
+    from privkeras.backends.mpc.runtime import MPCRuntime
+
+__all__ = ["SharedTensor"]
+
+Tensor = Any
+#: A large negative real used to pad max-pooling windows (far below any activation).
+_MAX_POOL_PAD = -(2.0**24)
+
+
+class SharedTensor:
+    """A secret-shared fixed-point tensor.
+
+    Args:
+        runtime: The `MPCRuntime` whose parties hold the shares.
+        shares: One ring tensor per share component.
+
+    Users get shared tensors from `MPCRuntime.share` (or `privkeras.mpc.share`),
+    never by calling this constructor.
+    """
+
+    __slots__ = ("_shape", "runtime", "shares")
+    __array_priority__ = 1000  # numpy defers `ndarray @ shared` to __rmatmul__
+
+    def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...]):
+        self.runtime = runtime
+        self.shares = tuple(shares)
+        self._shape = runtime.kernels.shape(self.shares[0])
+
+    # -- basics ----------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self._shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return self._shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedTensor(shape={self._shape}, protocol={self.runtime.protocol_name!r}, "
+            f"kernels={self.runtime.kernels.name!r})"
+        )
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "A SharedTensor has no truth value: its value is secret. "
+            "Use comparisons (which return shared 0/1) with .where(), or reveal it."
+        )
+
+    @property
+    def _k(self) -> RingKernels:
+        return self.runtime.kernels
+
+    @property
+    def _protocol(self):
+        return self.runtime.protocol
+
+    def _new(self, shares) -> SharedTensor:
+        return SharedTensor(self.runtime, tuple(shares))
+
+    def _local(self, fn: Callable[..., Tensor], *others: SharedTensor) -> SharedTensor:
+        return self._new(self._protocol.local(fn, self.shares, *(o.shares for o in others)))
+
+    def _coerce(self, other: Any) -> SharedTensor | Tensor:
+        """Another operand as a SharedTensor of this runtime, or a public ring tensor."""
+        if isinstance(other, SharedTensor):
+            if other.runtime is not self.runtime:
+                raise ValueError(
+                    "Expected shared tensors of the same runtime. "
+                    "Received: tensors shared by two different MPCRuntime objects"
+                )
+            return other
+        return self.runtime.encode_public(other)
+
+    # -- linear arithmetic -------------------------------------------------------------
+    def __add__(self, other: Any) -> SharedTensor:
+        other = self._coerce(other)
+        if isinstance(other, SharedTensor):
+            return self._local(self._k.add, other)
+        return self._new(self._protocol.add_public(self.shares, other))
+
+    __radd__ = __add__
+
+    def __neg__(self) -> SharedTensor:
+        return self._local(self._k.neg)
+
+    def __sub__(self, other: Any) -> SharedTensor:
+        other = self._coerce(other)
+        if isinstance(other, SharedTensor):
+            return self._local(self._k.sub, other)
+        return self._new(self._protocol.add_public(self.shares, self._k.neg(other)))
+
+    def __rsub__(self, other: Any) -> SharedTensor:
+        return (-self) + other
+
+    # -- products ----------------------------------------------------------------------
+    def _product(self, other: Any, op: str, reverse: bool = False, **kwargs: Any) -> SharedTensor:
+        k, f = self._k, self.runtime.codec.precision_bits
+        protocol = self._protocol
+        if isinstance(other, SharedTensor):
+            self._coerce(other)
+            x, y = (other, self) if reverse else (self, other)
+            return self._new(protocol.product_truncated(x.shares, y.shares, op, f, **kwargs))
+        integer = op == "mul" and _small_integer(other)
+        public = (
+            k.from_numpy(np.asarray(other, dtype=np.int64))
+            if integer
+            else self.runtime.encode_public(other)
+        )
+        fn = _PUBLIC_PRODUCTS[op]
+        shares = tuple(
+            fn(k, public, s, **kwargs) if reverse else fn(k, s, public, **kwargs)
+            for s in self.shares
+        )
+        return self._new(shares if integer else protocol.truncate(shares, f))
+
+    def __mul__(self, other: Any) -> SharedTensor:
+        return self._product(other, "mul")
+
+    __rmul__ = __mul__
+
+    def __matmul__(self, other: Any) -> SharedTensor:
+        return self._product(other, "matmul")
+
+    def __rmatmul__(self, other: Any) -> SharedTensor:
+        return self._product(other, "matmul", reverse=True)
+
+    def __truediv__(self, other: Any) -> SharedTensor:
+        if isinstance(other, SharedTensor):
+            return self * other.reciprocal()
+        return self.div_public(other)
+
+    def conv2d(
+        self,
+        kernel: Any,
+        strides: Sequence[int] = (1, 1),
+        padding: str = "VALID",
+    ) -> SharedTensor:
+        """2-D convolution, NHWC input and HWIO kernel (shared or public), as `tf.nn.conv2d`.
+
+        Args:
+            kernel: SharedTensor or numpy array of shape (KH, KW, C_in, C_out).
+            strides: (stride_h, stride_w).
+            padding: `"VALID"` or `"SAME"`.
+
+        Returns:
+            The (N, OH, OW, C_out) SharedTensor, truncated to scale 2^f.
+        """
+        if self.ndim != 4:
+            raise ValueError(f"Expected an NHWC input of rank 4. Received: shape={self.shape}")
+        return self._product(kernel, "conv2d", strides=tuple(strides), padding=padding.upper())
+
+    def square(self) -> SharedTensor:
+        """x * x, opening one masked value instead of two."""
+        f = self.runtime.codec.precision_bits
+        return self._new(self._protocol.square_truncated(self.shares, f))
+
+    def div_public(self, divisor: float | np.ndarray) -> SharedTensor:
+        """x / divisor for a public divisor (one truncated product)."""
+        divisor = np.asarray(divisor, dtype=np.float64)
+        if np.any(divisor == 0):
+            raise ZeroDivisionError(
+                f"Expected a non-zero divisor. {format_received(divisor=divisor)}"
+            )
+        return self * (1.0 / divisor)
+
+    # -- reductions -------------------------------------------------------------------------
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> SharedTensor:
+        k = self._k
+        return self._local(lambda s: k.sum(s, axis=axis, keepdims=keepdims))
+
+    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> SharedTensor:
+        if axis is None:
+            count = self.size
+        else:
+            axes = (axis,) if isinstance(axis, int) else tuple(axis)
+            count = int(np.prod([self.shape[a] for a in axes]))
+        return self.sum(axis, keepdims).div_public(count)
+
+    # -- shapes --------------------------------------------------------------------------------
+    def reshape(self, *shape: Any) -> SharedTensor:
+        shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        shape = _resolve_shape(shape, self.size)
+        k = self._k
+        return self._local(lambda s: k.reshape(s, shape))
+
+    def transpose(self, perm: Sequence[int] | None = None) -> SharedTensor:
+        k = self._k
+        perm = tuple(reversed(range(self.ndim))) if perm is None else tuple(perm)
+        return self._local(lambda s: k.transpose(s, perm))
+
+    @property
+    def T(self) -> SharedTensor:
+        return self.transpose()
+
+    def __getitem__(self, key: Any) -> SharedTensor:
+        k = self._k
+        return self._local(lambda s: k.getitem(s, key))
+
+    def expand_dims(self, axis: int) -> SharedTensor:
+        shape = list(self.shape)
+        axis = axis if axis >= 0 else len(shape) + 1 + axis
+        shape.insert(axis, 1)
+        return self.reshape(tuple(shape))
+
+    def broadcast_to(self, shape: Sequence[int]) -> SharedTensor:
+        k = self._k
+        return self._local(lambda s: k.broadcast_to(s, tuple(shape)))
+
+    @staticmethod
+    def concat(tensors: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
+        first = _check_same_runtime(tensors)
+        k = first._k
+        return first._new(
+            first._protocol.local(lambda *p: k.concat(p, axis), *(t.shares for t in tensors))
+        )
+
+    @staticmethod
+    def stack(tensors: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
+        first = _check_same_runtime(tensors)
+        k = first._k
+        return first._new(
+            first._protocol.local(lambda *p: k.stack(p, axis), *(t.shares for t in tensors))
+        )
+
+    def pad(self, widths: Sequence[tuple[int, int]]) -> SharedTensor:
+        """Zero padding; one (before, after) pair per axis."""
+        k = self._k
+        return self._local(lambda s: k.pad(s, widths))
+
+    def extract_patches(
+        self, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1), padding: str = "VALID"
+    ) -> SharedTensor:
+        """Sliding windows of an NHWC tensor as (N, OH, OW, KH * KW, C); zero padded."""
+        k = self._k
+        return self._local(
+            lambda s: k.extract_patches(s, tuple(kernel_size), tuple(strides), padding.upper())
+        )
+
+    def map_linear(self, fn: Callable[[RingKernels, Tensor], Tensor]) -> SharedTensor:
+        """Applies `fn(kernels, share)` to every share.
+
+        `fn` must be linear over the ring (sums, sign changes, integer
+        multiples, gathers, reshapes, zero padding...): for such functions
+        the shares of the result are the results on the shares.
+        """
+        k = self._k
+        return self._local(lambda s: fn(k, s))
+
+    # -- comparisons -------------------------------------------------------------------------------
+    def _negative_bit(self) -> tuple:
+        return self._protocol.negative_bit(self.shares)
+
+    def _bit_to_fixed(self, bit) -> SharedTensor:
+        k, f = self._k, self.runtime.codec.precision_bits
+        arith = self._protocol.bit_to_arithmetic(bit)
+        return self._new(tuple(k.shift_left(s, f) for s in arith))
+
+    def drelu(self) -> SharedTensor:
+        """Shared 1.0 where x > 0, else 0.0 (the derivative of ReLU)."""
+        return self._bit_to_fixed((-self)._negative_bit())
+
+    def relu(self) -> SharedTensor:
+        """max(x, 0), exact: one comparison and one multiplication by the shared bit."""
+        bit = (-self)._negative_bit()
+        (product,), _ = self._protocol.multiply_by_bit(bit, [self.shares])
+        return self._new(product)
+
+    def relu_with_derivative(self) -> tuple[SharedTensor, SharedTensor]:
+        """(relu(x), drelu(x)) from one comparison, for backpropagation."""
+        k, f = self._k, self.runtime.codec.precision_bits
+        bit = (-self)._negative_bit()
+        (product,), arith = self._protocol.multiply_by_bit(bit, [self.shares])
+        return self._new(product), self._new(tuple(k.shift_left(s, f) for s in arith))
+
+    def _less_than(self, other: Any) -> SharedTensor:
+        return self._bit_to_fixed((self - other)._negative_bit())
+
+    def __lt__(self, other: Any) -> SharedTensor:
+        return self._less_than(other)
+
+    def __gt__(self, other: Any) -> SharedTensor:
+        return (-self)._less_than(-_as_operand(other))
+
+    def __le__(self, other: Any) -> SharedTensor:
+        return 1.0 - (self > other)
+
+    def __ge__(self, other: Any) -> SharedTensor:
+        return 1.0 - (self < other)
+
+    def where(self, condition: SharedTensor, other: Any) -> SharedTensor:
+        """condition ? self : other, for a shared 0.0/1.0 condition."""
+        return condition * (self - other) + other
+
+    def abs(self) -> SharedTensor:
+        """|x|: x - 2 x [x < 0]."""
+        (product,), _ = self._protocol.multiply_by_bit(self._negative_bit(), [self.shares])
+        return self - 2 * self._new(product)
+
+    # -- max and argmax ---------------------------------------------------------------------------
+    def _max_last_axis(self, with_argmax: bool) -> tuple[SharedTensor, SharedTensor | None]:
+        """Tournament over the last axis: ceil(log2 n) comparisons in sequence.
+
+        The one-hot index is kept as (n, *shape): the comparison bits, of
+        shape `shape[:-1] + (width,)`, broadcast against it.
+        """
+        n = self.shape[-1]
+        values, index = self, None
+        if with_argmax:
+            eye = np.eye(n).reshape((n,) + (1,) * (self.ndim - 1) + (n,))
+            index = self.runtime.share_public(np.broadcast_to(eye, (n, *self.shape)))
+        while values.shape[-1] > 1:
+            width = values.shape[-1]
+            half = width // 2
+            a, b = values[..., :half], values[..., half : 2 * half]
+            bit = (a - b)._negative_bit()  # 1 where a < b: take b
+            xs = [(b - a).shares]
+            if with_argmax:
+                ia, ib = index[..., :half], index[..., half : 2 * half]
+                xs.append((ib - ia).shares)
+            products, _ = self._protocol.multiply_by_bit(bit, xs)
+            new_values = a + self._new(products[0])
+            if with_argmax:
+                new_index = ia + self._new(products[1])
+            if width % 2:
+                new_values = SharedTensor.concat([new_values, values[..., 2 * half :]], axis=-1)
+                if with_argmax:
+                    new_index = SharedTensor.concat([new_index, index[..., 2 * half :]], axis=-1)
+            values = new_values
+            if with_argmax:
+                index = new_index
+        if not with_argmax:
+            return values[..., 0], None
+        onehot = index[..., 0]  # (n, *shape[:-1])
+        return values[..., 0], onehot.transpose((*range(1, self.ndim), 0))
+
+    def _moved_to_last(self, axis: int) -> tuple[SharedTensor, list[int]]:
+        axis = axis % self.ndim
+        perm = [a for a in range(self.ndim) if a != axis] + [axis]
+        return self.transpose(perm), perm
+
+    def max(self, axis: int = -1, keepdims: bool = False) -> SharedTensor:
+        """Maximum along `axis` (exact, ceil(log2 n) sequential comparisons)."""
+        moved, _ = self._moved_to_last(axis)
+        values, _ = moved._max_last_axis(with_argmax=False)
+        return values.expand_dims(axis) if keepdims else values
+
+    def argmax(self, axis: int = -1) -> SharedTensor:
+        """One-hot shared 0.0/1.0 of the position of the maximum along `axis` (first on ties)."""
+        moved, perm = self._moved_to_last(axis)
+        _, onehot = moved._max_last_axis(with_argmax=True)
+        inverse = list(np.argsort(perm))
+        return onehot.transpose(inverse)
+
+    def max_with_argmax(self, axis: int = -1) -> tuple[SharedTensor, SharedTensor]:
+        """(max along axis, one-hot argmax with the input's shape)."""
+        moved, perm = self._moved_to_last(axis)
+        values, onehot = moved._max_last_axis(with_argmax=True)
+        return values, onehot.transpose(list(np.argsort(perm)))
+
+    # -- pooling -------------------------------------------------------------------------------------
+    def _pool_patches(self, pool_size, strides, padding, pad_value: float) -> SharedTensor:
+        if self.ndim != 4:
+            raise ValueError(f"Expected an NHWC input of rank 4. Received: shape={self.shape}")
+        pool_size = tuple(pool_size)
+        strides = tuple(pool_size if strides is None else strides)
+        patches = self.extract_patches(pool_size, strides, padding)
+        if padding.upper() == "SAME" and pad_value:
+            valid = _valid_window_mask(self.shape, pool_size, strides)
+            if not valid.all():
+                patches = patches + np.where(valid, 0.0, pad_value)
+        return patches
+
+    def max_pool2d_with_mask(
+        self,
+        pool_size: Sequence[int] = (2, 2),
+        strides: Sequence[int] | None = None,
+        padding: str = "VALID",
+    ) -> tuple[SharedTensor, SharedTensor]:
+        """Max pooling (NHWC) and the one-hot mask of each window's maximum.
+
+        Returns:
+            `(output, mask)`: output (N, OH, OW, C) and mask (N, OH, OW,
+            KH * KW, C), 1.0 at the position that won each window.
+        """
+        patches = self._pool_patches(pool_size, strides, padding, _MAX_POOL_PAD)
+        return patches.max_with_argmax(axis=3)
+
+    def max_pool2d(
+        self,
+        pool_size: Sequence[int] = (2, 2),
+        strides: Sequence[int] | None = None,
+        padding: str = "VALID",
+    ) -> SharedTensor:
+        """Max pooling (NHWC), as `keras.layers.MaxPooling2D`."""
+        patches = self._pool_patches(pool_size, strides, padding, _MAX_POOL_PAD)
+        return patches.max(axis=3)
+
+    def avg_pool2d(
+        self,
+        pool_size: Sequence[int] = (2, 2),
+        strides: Sequence[int] | None = None,
+        padding: str = "VALID",
+    ) -> SharedTensor:
+        """Average pooling (NHWC); SAME padding averages over the valid entries only."""
+        patches = self._pool_patches(pool_size, strides, padding, 0.0)
+        total = patches.sum(axis=3)
+        strides = tuple(pool_size if strides is None else strides)
+        if padding.upper() == "VALID":
+            return total.div_public(float(np.prod(pool_size)))
+        counts = _valid_window_mask(self.shape, tuple(pool_size), strides).sum(axis=3)
+        return total * (1.0 / counts)
+
+    # -- approximations (documented in approximations.py) -------------------------------------------
+    def exp(self) -> SharedTensor:
+        from privkeras.backends.mpc import approximations
+
+        return approximations.exp(self)
+
+    def reciprocal(self) -> SharedTensor:
+        from privkeras.backends.mpc import approximations
+
+        return approximations.reciprocal(self)
+
+    def sigmoid(self) -> SharedTensor:
+        from privkeras.backends.mpc import approximations
+
+        return approximations.sigmoid(self)
+
+    def tanh(self) -> SharedTensor:
+        from privkeras.backends.mpc import approximations
+
+        return approximations.tanh(self)
+
+    def softmax(self, axis: int = -1) -> SharedTensor:
+        from privkeras.backends.mpc import approximations
+
+        return approximations.softmax(self, axis)
+
+    def log(self) -> SharedTensor:
+        from privkeras.backends.mpc import approximations
+
+        return approximations.log(self)
+
+    # -- revealing ---------------------------------------------------------------------------------------
+    def reveal(self, to: str = "caller", what: str = "value") -> np.ndarray:
+        """The plaintext value, sent to `to` and logged in `runtime.reveal_log`."""
+        return self.runtime.reveal(self, to=to, what=what)
+
+
+_PUBLIC_PRODUCTS: dict[str, Callable[..., Tensor]] = {
+    "mul": lambda k, a, b: k.mul(a, b),
+    "matmul": lambda k, a, b: k.matmul(a, b),
+    "conv2d": lambda k, a, b, strides=(1, 1), padding="VALID": k.conv2d(a, b, strides, padding),
+}
+
+
+def _as_operand(value: Any) -> Any:
+    return value if isinstance(value, SharedTensor) else np.asarray(value, dtype=np.float64)
+
+
+def _small_integer(value: Any) -> bool:
+    """Whether a public operand is made of integers small enough to multiply exactly."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.ndarray, np.number)):
+        return False
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf" or array.size == 0:
+        return False
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        return False
+    return bool(np.all(array == np.round(array)) and np.max(np.abs(array)) < 2**20)
+
+
+def _resolve_shape(shape: tuple, size: int) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"Expected at most one -1 in a shape. {format_received(shape=shape)}")
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    if int(np.prod(shape, dtype=np.int64)) != size:
+        raise ValueError(f"Expected a shape with {size} elements. {format_received(shape=shape)}")
+    return shape
+
+
+def _check_same_runtime(tensors: Sequence[SharedTensor]) -> SharedTensor:
+    tensors = list(tensors)
+    if not tensors or not all(isinstance(t, SharedTensor) for t in tensors):
+        raise TypeError("Expected a non-empty sequence of SharedTensor.")
+    if any(t.runtime is not tensors[0].runtime for t in tensors):
+        raise ValueError("Expected shared tensors of the same runtime.")
+    return tensors[0]
+
+
+def _valid_window_mask(shape, pool_size, strides) -> np.ndarray:
+    """1.0 where a pooling window (SAME padding) covers a real input, shape (1, OH, OW, KK, 1)."""
+    _, h, w, _ = shape
+    oh, top, _ = conv_output_padding(h, pool_size[0], strides[0], "SAME")
+    ow, left, _ = conv_output_padding(w, pool_size[1], strides[1], "SAME")
+    rows = np.arange(oh)[:, None] * strides[0] - top + np.arange(pool_size[0])[None, :]
+    cols = np.arange(ow)[:, None] * strides[1] - left + np.arange(pool_size[1])[None, :]
+    valid_r = (rows >= 0) & (rows < h)  # (OH, KH)
+    valid_c = (cols >= 0) & (cols < w)  # (OW, KW)
+    valid = valid_r[:, None, :, None] & valid_c[None, :, None, :]  # (OH, OW, KH, KW)
+    return valid.reshape(1, oh, ow, -1, 1).astype(np.float64)
