@@ -1,0 +1,94 @@
+"""Which Keras layers run under the MPC engines, and how each is lowered.
+
+A lowering function turns one Keras layer into zero or more `SecureLayer`s.
+It is registered for exact Keras layer classes: a user subclass of
+`keras.layers.Dense` may override `call`, so it is refused rather than run
+with the wrong semantics.
+
+Example:
+
+```python
+import keras
+from privkeras.backends.mpc.layers import registry
+
+@registry.register_secure_layer(keras.layers.Identity)
+def lower_identity(layer, context):
+    return []
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from privkeras.backends.mpc.layers.base import LoweringContext, SecureLayer
+from privkeras.errors import UnsupportedLayerError
+
+__all__ = [
+    "Lowering",
+    "lower_layer",
+    "register_secure_layer",
+    "supported_layer_types",
+    "unsupported",
+]
+
+Lowering = Callable[[Any, LoweringContext], list[SecureLayer]]
+
+_LOWERINGS: dict[type, Lowering] = {}
+
+
+def register_secure_layer(*keras_types: type, replace: bool = False):
+    """Registers a lowering function for one or more exact Keras layer classes.
+
+    Args:
+        *keras_types: Keras layer classes the function lowers.
+        replace: Allow replacing an existing registration.
+
+    Raises:
+        ValueError: For a duplicate registration without `replace`.
+    """
+
+    def _register(fn: Lowering) -> Lowering:
+        for keras_type in keras_types:
+            if keras_type in _LOWERINGS and not replace and _LOWERINGS[keras_type] is not fn:
+                raise ValueError(
+                    f"A secure lowering for {keras_type.__name__} is already registered "
+                    f"({_LOWERINGS[keras_type].__qualname__}). Pass replace=True to replace it."
+                )
+            _LOWERINGS[keras_type] = fn
+        return fn
+
+    return _register
+
+
+def supported_layer_types() -> list[str]:
+    """Names of the Keras layer classes the MPC engines can lower, sorted."""
+    return sorted(t.__name__ for t in _LOWERINGS)
+
+
+def unsupported(layer: Any, context: LoweringContext, reason: str) -> UnsupportedLayerError:
+    """An `UnsupportedLayerError` naming the layer, its class and the engine."""
+    return UnsupportedLayerError(
+        f"Layer {layer.name!r} ({type(layer).__name__}) cannot run under engine "
+        f"{context.engine!r}: {reason}"
+    )
+
+
+def lower_layer(layer: Any, context: LoweringContext) -> list[SecureLayer]:
+    """Lowers one Keras layer.
+
+    Raises:
+        UnsupportedLayerError: For a layer class with no registered lowering,
+            or a configuration its lowering refuses. The message names the
+            layer, the engine and the supported layer classes.
+    """
+    lowering = _LOWERINGS.get(type(layer))
+    if lowering is None:
+        raise unsupported(
+            layer,
+            context,
+            f"no secure version of {type(layer).__name__} is registered. "
+            f"Supported layers: {supported_layer_types()}.",
+        )
+    return lowering(layer, context)

@@ -1,0 +1,293 @@
+"""Encrypted training: forward and backward passes and SGD, all on shares.
+
+Data and weights stay secret-shared through every step. Nothing about the
+training run is revealed except, at the end, the final weights to the model
+owner (with `SharedData`: the combined update, from which the model owner
+gets the final weights). When the caller passes `validation_data`, the
+outputs on it are revealed to the caller at the end of each epoch, to fill
+`History` with Keras's own loss and metric objects.
+
+The loop speaks Keras: a `keras.callbacks.CallbackList` (callbacks,
+`keras.utils.Progbar` through Keras's `ProgbarLogger`, `model.stop_training`
+honoured at epoch ends), a real `keras.callbacks.History`, and `verbose`.
+
+Batches: every batch takes rows from every data owner, in proportion to
+their sizes, so each shared update mixes all owners. Each owner shuffles its
+own rows before sharing them, and the order of batches is shuffled every
+epoch (row orders are not secrets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+
+from privkeras.backends.mpc.layers import SecureProgram, SharedParams
+from privkeras.backends.mpc.losses import SecureLoss, get_loss
+from privkeras.backends.mpc.optimizers import SecureSGD, get_optimizer
+from privkeras.backends.mpc.shared_data import SharedData
+from privkeras.errors import CapabilityError
+
+if TYPE_CHECKING:
+    from privkeras.backends.mpc.engine import MPCEngine
+    from privkeras.backends.mpc.tensor import SharedTensor
+
+__all__ = ["fit"]
+
+#: `keras.Model.fit` arguments the MPC trainer does not implement (accepted at their defaults).
+_UNSUPPORTED_FIT_ARGUMENTS = (
+    "validation_split",
+    "class_weight",
+    "sample_weight",
+    "validation_steps",
+)
+
+
+@dataclasses.dataclass
+class _TrainingPlan:
+    """What one `fit` call trains: checked in plaintext before any party works."""
+
+    program: SecureProgram
+    loss: SecureLoss
+    optimizer: SecureSGD
+    data: SharedData
+    fused: bool
+    batch_size: int
+    steps: int
+    validation: tuple[np.ndarray, np.ndarray] | None
+
+
+def _plan(engine: MPCEngine, model: Any, x: Any, y: Any, options: dict[str, Any]) -> _TrainingPlan:
+    """Resolves data, layers, loss and optimizer; raises before any party works."""
+    for name in _UNSUPPORTED_FIT_ARGUMENTS:
+        value = options.pop(name, None)
+        if value is not None and not (name == "validation_split" and value == 0):
+            raise CapabilityError(
+                f"Engine {engine.name!r} does not support fit({name}=...). Received: {name}={value!r}"
+            )
+    if options:
+        raise TypeError(f"fit() got unexpected arguments: {sorted(options)}")
+    if isinstance(x, SharedData):
+        if y is not None:
+            raise ValueError("Expected y=None with SharedData (each owner holds its own labels).")
+        data = x
+    else:
+        if x is None or y is None:
+            raise ValueError("Expected fit(x, y) with arrays, or fit(SharedData([...])).")
+        data = SharedData([(x, y)], owners=["caller"])
+    program = engine.lower(model, data.row_shape, training=True)
+    if data.row_shape != program.input_shape:
+        raise ValueError(
+            f"Expected x of shape (None, {', '.join(map(str, program.input_shape))}). "
+            f"Received rows of shape {data.row_shape}"
+        )
+    loss = get_loss(model.loss, engine.name)
+    loss.check_model(program.last_activation, engine.name)
+    optimizer = get_optimizer(model.optimizer, engine.name)
+    data.encoded_targets(lambda t: loss.encode_targets(t, program.output_shape))
+    program.check_range(data.input_bound(), engine.runtime.codec)
+    return _TrainingPlan(
+        program=program,
+        loss=loss,
+        optimizer=optimizer,
+        data=data,
+        fused=loss.fuses(program.last_activation),
+        batch_size=0,
+        steps=0,
+        validation=None,
+    )
+
+
+def _batches(sizes: tuple[int, ...], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Per step, `(owner, start, stop)` row ranges: every batch takes from every owner."""
+    steps = max(1, math.ceil(sum(sizes) / batch_size))
+    bounds = [np.linspace(0, size, steps + 1).round().astype(int) for size in sizes]
+    return [
+        [
+            (owner, int(b[step]), int(b[step + 1]))
+            for owner, b in enumerate(bounds)
+            if b[step + 1] > b[step]
+        ]
+        for step in range(steps)
+    ]
+
+
+def _take(shared: list[tuple[SharedTensor, SharedTensor]], ranges) -> tuple[Any, Any]:
+    from privkeras.backends.mpc.tensor import SharedTensor
+
+    xs = [shared[owner][0][start:stop] for owner, start, stop in ranges]
+    ys = [shared[owner][1][start:stop] for owner, start, stop in ranges]
+    if len(xs) == 1:
+        return xs[0], ys[0]
+    return SharedTensor.concat(xs, axis=0), SharedTensor.concat(ys, axis=0)
+
+
+def _train_step(
+    plan: _TrainingPlan,
+    params: SharedParams,
+    momenta: dict,
+    x: SharedTensor,
+    y: SharedTensor,
+    step: int,
+) -> tuple[SharedParams, dict]:
+    """One forward pass, backward pass and SGD update, all on shares."""
+    program, loss = plan.program, plan.loss
+    outputs, caches = program.forward(x, params, training=True)
+    delta = loss.delta(outputs, y, fused=plan.fused)
+    if plan.fused:
+        caches = caches[:-1]  # the backward pass starts before the fused activation
+    grads = program.backward(delta, caches, params)
+    trainable = {
+        (index, name): tensor
+        for index, layer in enumerate(program.layers)
+        for name, tensor in grads[index].items()
+        if name in layer.variables
+    }
+    flat = {
+        (i, name): t for i, layer_params in enumerate(params) for name, t in layer_params.items()
+    }
+    scale = loss.scale(x.shape[0], program.output_shape)
+    flat, momenta = plan.optimizer.apply(flat, trainable, momenta, step, scale)
+    new_params: SharedParams = [{} for _ in params]
+    for (index, name), tensor in flat.items():
+        new_params[index][name] = tensor
+    return new_params, momenta
+
+
+def _reveal_weights(
+    engine: MPCEngine,
+    plan: _TrainingPlan,
+    initial: SharedParams,
+    final: SharedParams,
+    combined_update: bool,
+) -> None:
+    """Reveals the trained weights (or the combined update) to the model owner; writes them."""
+    from privkeras.backends.mpc.engine import MODEL_OWNER
+
+    runtime = engine.runtime
+    for layer, start, end in zip(plan.program.layers, initial, final):
+        for name, variable in layer.variables.items():
+            label = f"{layer.name}/{name}"
+            if combined_update:
+                update = runtime.reveal(
+                    end[name] - start[name], to=MODEL_OWNER, what=f"combined update {label}"
+                )
+                value = layer.params[name] + update
+            else:
+                value = runtime.reveal(end[name], to=MODEL_OWNER, what=f"final weights {label}")
+            variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+
+
+def fit(
+    engine: MPCEngine,
+    model: Any,
+    x: Any = None,
+    y: Any = None,
+    batch_size: int | None = None,
+    epochs: int = 1,
+    verbose: Any = "auto",
+    callbacks: Any = None,
+    validation_data: Any = None,
+    shuffle: bool = True,
+    initial_epoch: int = 0,
+    steps_per_epoch: int | None = None,
+    validation_batch_size: int | None = None,
+    validation_freq: int = 1,
+    **options: Any,
+) -> keras.callbacks.History:
+    """Trains `model` under MPC, as `keras.Model.fit` does in plaintext.
+
+    Args:
+        engine: The MPC engine.
+        model: The compiled `PrivateSequential` (loss and optimizer from `compile`).
+        x: Inputs, or a `SharedData` of several owners (then `y=None`).
+        y: Targets, for array inputs.
+        batch_size: Rows per step (default 32).
+        epochs: Index of the last epoch, as in Keras.
+        verbose: 0, 1, 2 or "auto".
+        callbacks: Keras callbacks.
+        validation_data: `(x_val, y_val)` of the caller: the outputs on it are
+            revealed to the caller after each epoch, and `val_*` logs filled.
+        shuffle: Shuffle rows (by each owner) and the batch order (each epoch).
+        initial_epoch: Epoch to start from.
+        steps_per_epoch: Cap on steps per epoch.
+        validation_batch_size: Batch size for validation (default `batch_size`).
+        validation_freq: Validate every this many epochs.
+
+    Returns:
+        A `keras.callbacks.History`.
+
+    Raises:
+        UnsupportedLayerError, CapabilityError, PrecisionOverflowError,
+        ValueError: Before any party does work.
+    """
+    from privkeras.backends.mpc.engine import MODEL_OWNER, _batch_size, _callback_list
+
+    plan = _plan(engine, model, x, y, dict(options))
+    plan.batch_size = _batch_size(batch_size)
+    batches = _batches(plan.data.sizes, plan.batch_size)
+    if steps_per_epoch is not None:
+        batches = batches[:steps_per_epoch]
+    plan.steps = len(batches)
+    if validation_data is not None:
+        x_val, y_val = validation_data[0], validation_data[1]
+        plan.validation = (
+            engine.validated_inputs(x_val, plan.program, "validation x"),
+            np.asarray(y_val),
+        )
+
+    history = keras.callbacks.History()
+    callback_list = _callback_list(
+        [*(callbacks or []), history], model, verbose, epochs=epochs, steps=plan.steps
+    )
+    seed = engine.policy.seed
+    order_rng = np.random.default_rng(seed)
+
+    # -- the parties start working here -------------------------------------------------------
+    params = plan.program.share_params(engine.runtime, MODEL_OWNER)
+    initial = params
+    shared = plan.data.share(
+        engine.runtime,
+        lambda t: plan.loss.encode_targets(t, plan.program.output_shape),
+        shuffle_seed=seed,
+        shuffle=shuffle,
+    )
+    momenta: dict = {}
+    model.stop_training = False
+    logs: dict[str, float] = {}
+    callback_list.on_train_begin()
+    step = 0
+    for epoch in range(initial_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        order = order_rng.permutation(plan.steps) if shuffle else range(plan.steps)
+        for index, batch in enumerate(order):
+            callback_list.on_train_batch_begin(index)
+            xb, yb = _take(shared, batches[batch])
+            params, momenta = _train_step(plan, params, momenta, xb, yb, step)
+            step += 1
+            callback_list.on_train_batch_end(index, {})
+        logs = {}
+        if plan.validation is not None and (epoch + 1) % validation_freq == 0:
+            x_val, y_val = plan.validation
+            val_logs = engine.keras_metrics(
+                model,
+                plan.program,
+                params,
+                x_val,
+                y_val,
+                _batch_size(validation_batch_size or plan.batch_size),
+                what="validation predictions",
+            )
+            logs.update({f"val_{name}": value for name, value in val_logs.items()})
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    _reveal_weights(engine, plan, initial, params, combined_update=len(plan.data.owners) > 1)
+    if hasattr(model, "optimizer") and model.optimizer is not None:
+        model.optimizer.iterations.assign(model.optimizer.iterations + step)
+    callback_list.on_train_end(logs)
+    return history
