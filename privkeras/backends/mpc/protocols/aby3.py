@@ -40,12 +40,18 @@ from typing import Any
 
 from privkeras.backends.mpc.communicator import Message
 from privkeras.backends.mpc.protocols.base import PRODUCTS, Protocol, Shares
-from privkeras.backends.mpc.protocols.binary import msb_of_sum
+from privkeras.backends.mpc.protocols.binary import (
+    PrefixLevel,
+    initial_generate_positions,
+    msb_of_sum,
+    popcount,
+)
 
 __all__ = ["ABY3Protocol"]
 
 Tensor = Any
 _NEXT = (1, 2, 0)
+_LOW_63_BITS = (1 << 63) - 1
 _PREV = (2, 0, 1)
 
 
@@ -84,14 +90,17 @@ class ABY3Protocol(Protocol):
         return [k.bitwise_xor(f[i], f[_NEXT[i]]) for i in range(3)]
 
     # -- communication --------------------------------------------------------------------------
-    def _reshare(self, z: list[Tensor]) -> Shares:
+    def _reshare(self, z: list[Tensor], width: int = 64) -> Shares:
         """Party i sends z_i to party i - 1 (one round): (z_i) becomes replicated."""
-        return self._reshare_many([z])[0]
+        return self._reshare_many([z], (width,))[0]
 
-    def _reshare_many(self, zs: list[list[Tensor]]) -> list[Shares]:
+    def _reshare_many(
+        self, zs: list[list[Tensor]], widths: tuple[int, ...] | None = None
+    ) -> list[Shares]:
         names = self.parties
+        widths = widths or tuple(64 for _ in zs)
         inbox = self.communicator.exchange(
-            [Message(names[i], names[_PREV[i]], tuple(z[i] for z in zs)) for i in range(3)]
+            [Message(names[i], names[_PREV[i]], tuple(z[i] for z in zs), widths) for i in range(3)]
         )
         # Party i keeps z_i and receives z_{i+1} from party i + 1; component c of the
         # result is what party c - 1 received (and party c computed).
@@ -188,11 +197,18 @@ class ABY3Protocol(Protocol):
         return inbox[names[0], names[2]], r, inbox[names[2], names[1]]
 
     # -- binary ------------------------------------------------------------------------------------------
-    def _and_many(self, pairs: list[tuple[Shares, Shares]]) -> list[Shares]:
-        """x AND y for several pairs of XOR-shared words, in one round."""
+    def _and_many(
+        self, pairs: list[tuple[Shares, Shares]], keep: list[int] | None = None
+    ) -> list[Shares]:
+        """x AND y for several pairs of XOR-shared words, in one round.
+
+        `keep` gives, per pair, a public mask of the result bits that are
+        needed: the others are zeroed before re-sharing and not counted.
+        """
         k = self.kernels
+        keep = keep or [-1] * len(pairs)
         zs = []
-        for x, y in pairs:
+        for (x, y), mask in zip(pairs, keep):
             beta = self._xor_zero_sharing(k.shape(x[0]))
             z = []
             for i in range(3):
@@ -200,23 +216,28 @@ class ABY3Protocol(Protocol):
                 term = k.bitwise_xor(
                     k.bitwise_and(x[i], k.bitwise_xor(y[i], y[j])), k.bitwise_and(x[j], y[i])
                 )
-                z.append(k.bitwise_xor(term, beta[i]))
+                term = k.bitwise_xor(term, beta[i])
+                z.append(term if mask == -1 else k.bitwise_and(term, k.constant(mask)))
             zs.append(z)
-        return self._reshare_many(zs)
+        widths = tuple(64 if mask == -1 else popcount(mask) for mask in keep)
+        return self._reshare_many(zs, widths)
 
-    def prefix_level(
-        self, p: Shares, g: Shares, shift: int, with_propagate: bool
-    ) -> tuple[Shares, Shares]:
-        """One Kogge-Stone level: both ANDs in one round."""
+    def prefix_level(self, p: Shares, g: Shares, level: PrefixLevel) -> tuple[Shares, Shares]:
+        """One prefix level: both ANDs in one round, only the needed bits re-shared."""
         k = self.kernels
+        shift = level.shift
 
         def shifted(x: Shares) -> Shares:
             return self.local(lambda s: k.shift_left(s, shift), x)
 
-        pairs = [(p, shifted(g))] + ([(p, shifted(p))] if with_propagate else [])
-        results = self._and_many(pairs)
+        pairs = [(p, shifted(g))]
+        keep = [level.and_g]
+        if level.with_propagate:
+            pairs.append((p, shifted(p)))
+            keep.append(level.and_p)
+        results = self._and_many(pairs, keep)
         new_g = self.local(k.bitwise_xor, g, results[0])
-        return new_g, (results[1] if with_propagate else p)
+        return new_g, (results[1] if level.with_propagate else p)
 
     def negative_bit(self, x: Shares) -> Shares:
         k = self.kernels
@@ -224,11 +245,16 @@ class ABY3Protocol(Protocol):
         # addends; the majority (the carries) is a 3-out-of-3 XOR sharing that each party
         # computes from its own two components: x0&x1 ^ x1&x2 ^ x2&x0.
         beta = self._xor_zero_sharing(self.shape(x))
+        low = k.constant(_LOW_63_BITS)
         majority = self._reshare(
-            [k.bitwise_xor(k.bitwise_and(x[i], x[_NEXT[i]]), beta[i]) for i in range(3)]
+            [
+                k.bitwise_and(k.bitwise_xor(k.bitwise_and(x[i], x[_NEXT[i]]), beta[i]), low)
+                for i in range(3)
+            ],
+            width=63,  # carries out of bits 0..62 reach bits 1..63
         )
         carry = self.local(lambda s: k.shift_left(s, 1), majority)
-        (generate,) = self._and_many([(x, carry)])
+        (generate,) = self._and_many([(x, carry)], keep=[initial_generate_positions() & ~1])
         propagate = self.local(k.bitwise_xor, x, carry)
         return msb_of_sum(self, generate, propagate)
 

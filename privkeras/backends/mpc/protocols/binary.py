@@ -1,45 +1,119 @@
-"""Binary circuits on XOR-shared 64-bit words: the parallel-prefix adder.
+"""Binary circuits on XOR-shared 64-bit words: the sign bit of a sum.
 
 Arithmetic-to-binary conversion needs the carries of a 64-bit addition done
-on XOR shares, where XOR is free and every AND costs communication. The
-Kogge-Stone parallel-prefix adder computes all carries in log2(64) = 6 AND
-levels; each level is one round (its two ANDs are opened together).
+on XOR shares, where XOR is free and every AND costs communication. With
+generate g_i = a_i AND b_i and propagate p_i = a_i XOR b_i of the addends,
+the parallel-prefix (Kogge-Stone) adder computes all carries in
+log2(64) = 6 AND levels, one round each. Level s (s = 1, 2, 4, ..., 32)
+updates, for every bit i at once,
 
-With generate g_i = a_i AND b_i and propagate p_i = a_i XOR b_i of the two
-addends, level s (s = 1, 2, 4, ..., 32) updates, for every bit at once,
+    G[i] <- G[i] XOR (P[i] AND G[i - s])        P[i] <- P[i] AND P[i - s]
 
-    G <- G XOR (P AND (G << s))        P <- P AND (P << s)
+after which G[62] is the carry into bit 63, and the sign bit of a + b is
+p_63 XOR G[62].
 
-after which bit i of G is the carry out of bits 0..i. The sign bit of a + b
-is p_63 XOR carry_into_63 = bit 63 of (P0 XOR (G << 1)), P0 the initial
-propagate word. The last level needs no P update.
+A comparison needs only that one carry, so most of the 64 x 6 ANDs of the
+full adder are never used. `PrefixSchedule` works backwards from G[62] to
+the bit positions each level really needs (a binary tree inside the
+Kogge-Stone network): 1 + 1 bits are opened at the last level, 62 + 31 at
+the first, 181 bits in all instead of 6 x 128. The positions are public,
+so a sender keeps only those bits (the words are ANDed with a public mask
+and a network communicator packs the selected bits); the communicator
+counts them as such.
 
 Notes:
-    Kogge and Stone, "A parallel algorithm for the efficient solution of a
-    general class of recurrence equations", IEEE Trans. Computers 1973. Its
-    use for A2B in MPC: Demmler, Schneider and Zohner, "ABY", NDSS 2015;
-    Mohassel and Rindal, "ABY3", CCS 2018, section 5.3.
+    Kogge and Stone, IEEE Trans. Computers 1973. Its use for A2B in MPC:
+    Demmler, Schneider and Zohner, "ABY", NDSS 2015; Mohassel and Rindal,
+    "ABY3", CCS 2018, section 5.3. Restricting a prefix network to the
+    carries one needs is the idea behind the comparison circuits of
+    Garay, Schoenmakers and Villegas (PKC 2007).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from privkeras.backends.mpc.protocols.base import Shares
 
-__all__ = ["PREFIX_SHIFTS", "msb_of_sum"]
+__all__ = [
+    "PREFIX_SHIFTS",
+    "PrefixLevel",
+    "initial_generate_positions",
+    "msb_of_sum",
+    "popcount",
+    "prefix_schedule",
+]
 
 #: Shifts of the six Kogge-Stone levels that carry into bit 63.
 PREFIX_SHIFTS = (1, 2, 4, 8, 16, 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixLevel:
+    """The public bit positions one level needs, as 64-bit masks.
+
+    Attributes:
+        shift: s.
+        open_p: Positions of P that enter an AND.
+        open_g: Positions of G that enter an AND (before the shift by s).
+        and_g: Positions i where G[i] ^= P[i] & G[i - s] is needed.
+        and_p: Positions i where P[i] = P[i] & P[i - s] is needed (0 if none).
+    """
+
+    shift: int
+    open_p: int
+    open_g: int
+    and_g: int
+    and_p: int
+
+    @property
+    def with_propagate(self) -> bool:
+        return self.and_p != 0
+
+
+def _mask(positions: set[int]) -> int:
+    return sum(1 << i for i in positions)
+
+
+@functools.cache
+def prefix_schedule() -> tuple[PrefixLevel, ...]:
+    """The six levels, first to last, with the positions that lead to G[62]."""
+    g_out, p_out = {62}, set()
+    levels = []
+    for s in reversed(PREFIX_SHIFTS):
+        and_g = {i for i in g_out if i >= s}  # G[i] ^= P[i] & G[i - s]
+        and_p = {i for i in p_out if i >= s}  # P[i] = P[i] & P[i - s]
+        open_p = and_g | and_p | {i - s for i in and_p}
+        open_g = {i - s for i in and_g}
+        levels.append(PrefixLevel(s, _mask(open_p), _mask(open_g), _mask(and_g), _mask(and_p)))
+        g_out, p_out = g_out | open_g, open_p
+    return tuple(reversed(levels))
+
+
+@functools.cache
+def initial_generate_positions() -> int:
+    """Mask of the positions of the initial G word that the schedule reads."""
+    first = prefix_schedule()[0]
+    later = 1 << 62
+    for level in prefix_schedule():
+        later |= level.open_g | level.and_g
+    return later | first.open_g
+
+
+def popcount(mask: int) -> int:
+    """Number of positions in a mask."""
+    return bin(mask).count("1")
 
 
 def msb_of_sum(protocol: Any, generate: Shares, propagate: Shares) -> Shares:
     """XOR shares (int64 0/1) of the sign bit of a sum, from its g and p words.
 
     Args:
-        protocol: A protocol with `prefix_level(P, G, shift, with_propagate)`
-            (one round) and local XOR.
+        protocol: A protocol with `prefix_level(P, G, level)` (one round)
+            and local XOR.
         generate: XOR shares of g = a AND b (with any carry-in folded into bit 0).
         propagate: XOR shares of p = a XOR b.
 
@@ -48,8 +122,8 @@ def msb_of_sum(protocol: Any, generate: Shares, propagate: Shares) -> Shares:
     """
     k = protocol.kernels
     g, p = generate, propagate
-    for shift in PREFIX_SHIFTS:
-        g, p = protocol.prefix_level(p, g, shift, with_propagate=shift != PREFIX_SHIFTS[-1])
+    for level in prefix_schedule():
+        g, p = protocol.prefix_level(p, g, level)
     return protocol.local(
         lambda p0, gi: k.shift_right_logical(k.bitwise_xor(p0, k.shift_left(gi, 1)), 63),
         propagate,

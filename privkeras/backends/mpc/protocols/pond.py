@@ -30,7 +30,7 @@ from typing import Any
 from privkeras.backends.mpc.communicator import Message
 from privkeras.backends.mpc.dealer import Dealer
 from privkeras.backends.mpc.protocols.base import PRODUCTS, Protocol, Shares
-from privkeras.backends.mpc.protocols.binary import msb_of_sum
+from privkeras.backends.mpc.protocols.binary import PrefixLevel, msb_of_sum, popcount
 
 __all__ = ["PondProtocol"]
 
@@ -56,16 +56,23 @@ class PondProtocol(Protocol):
         self.dealer = Dealer(kernels, streams, communicator, self.parties)
 
     # -- opening ------------------------------------------------------------------------
-    def _open(self, values: list[Shares], xor: bool | list[bool] = False) -> list[list[Tensor]]:
+    def _open(
+        self,
+        values: list[Shares],
+        xor: bool | list[bool] = False,
+        widths: tuple[int, ...] | None = None,
+    ) -> list[list[Tensor]]:
         """Opens several values in one round; returns each party's list of opened values.
 
-        `xor` says, per value (or for all), whether it is XOR-shared. XOR-shared
-        int64 0/1 tensors are bits and are counted as such.
+        Args:
+            values: Shares of the values to open.
+            xor: Per value (or for all), whether it is XOR-shared.
+            widths: Meaningful bits per element of each value (64 by default).
         """
         k = self.kernels
         p0, p1 = self.parties
         kinds = xor if isinstance(xor, list) else [xor] * len(values)
-        widths = tuple(64 for _ in values)
+        widths = widths or tuple(64 for _ in values)
         inbox = self.communicator.exchange(
             [
                 Message(p0, p1, tuple(v[0] for v in values), widths),
@@ -178,14 +185,26 @@ class PondProtocol(Protocol):
         )
 
     # -- binary ------------------------------------------------------------------------------
-    def prefix_level(
-        self, p: Shares, g: Shares, shift: int, with_propagate: bool
-    ) -> tuple[Shares, Shares]:
-        """One Kogge-Stone level: opens P and G masked (one round), ANDs locally."""
+    def prefix_level(self, p: Shares, g: Shares, level: PrefixLevel) -> tuple[Shares, Shares]:
+        """One prefix level: opens the needed bits of P and G masked (one round), ANDs locally.
+
+        With P = e_p ^ u and G = e_g ^ v (u, v dealer masks),
+        P & (G << s) = e_p & E ^ e_p & V ^ u & E ^ u & V with E = e_g << s,
+        V = v << s, and the dealer supplies shares of u & V (and of
+        u & (u << s) for P & (P << s)). Positions outside the schedule's
+        masks are zeroed before sending and never used.
+        """
         k = self.kernels
-        u, v, uv, uu = self.dealer.prefix_triples(self.shape(p), shift, with_propagate)
+        shift = level.shift
+        u, v, uv, uu = self.dealer.prefix_triples(self.shape(p), shift, level.with_propagate)
+        keep_p, keep_g = k.constant(level.open_p), k.constant(level.open_g)
         views = self._open(
-            [self.local(k.bitwise_xor, p, u), self.local(k.bitwise_xor, g, v)], xor=True
+            [
+                self.local(lambda pi, ui: k.bitwise_and(k.bitwise_xor(pi, ui), keep_p), p, u),
+                self.local(lambda gi, vi: k.bitwise_and(k.bitwise_xor(gi, vi), keep_g), g, v),
+            ],
+            xor=True,
+            widths=(popcount(level.open_p), popcount(level.open_g)),
         )
         new_g, new_p = [], []
         for party in (0, 1):
@@ -198,7 +217,7 @@ class PondProtocol(Protocol):
             if party == 0:
                 pg = k.bitwise_xor(pg, k.bitwise_and(e_p, shifted_e_g))
             new_g.append(k.bitwise_xor(g[party], pg))
-            if with_propagate:
+            if level.with_propagate:
                 shifted_e_p = k.shift_left(e_p, shift)
                 pp = k.bitwise_xor(
                     k.bitwise_and(e_p, k.shift_left(u[party], shift)),
@@ -207,7 +226,7 @@ class PondProtocol(Protocol):
                 if party == 0:
                     pp = k.bitwise_xor(pp, k.bitwise_and(e_p, shifted_e_p))
                 new_p.append(pp)
-        return tuple(new_g), (tuple(new_p) if with_propagate else p)
+        return tuple(new_g), (tuple(new_p) if level.with_propagate else p)
 
     def negative_bit(self, x: Shares) -> Shares:
         # Open c = x + r for an edaBit r; then x = c - r = c + NOT(r) + 1, an addition of
