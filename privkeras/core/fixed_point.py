@@ -40,8 +40,12 @@ class FixedPointCodec:
             encodable magnitudes are below 2^(ring_bits - 1 - f).
 
     Encoding accepts numpy arrays, torch tensors, tf tensors and Python
-    numbers, and returns int64 of the same library (numpy for Python numbers).
-    Decoding returns float64 of the same library. Neither mutates its input.
+    numbers, and returns int64 of the same library (numpy for Python numbers),
+    on the same torch device. Decoding returns float64 the same way. Neither
+    mutates its input.
+
+    Raises:
+        ValueError: For an unsupported `ring_bits` or `precision_bits`.
     """
 
     def __init__(self, ring_bits: int = 64, precision_bits: int = 16):
@@ -68,9 +72,9 @@ class FixedPointCodec:
         return f"FixedPointCodec(ring_bits={self.ring_bits}, precision_bits={self.precision_bits})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, FixedPointCodec)
-            and (other.ring_bits, other.precision_bits) == (self.ring_bits, self.precision_bits)
+        return isinstance(other, FixedPointCodec) and (other.ring_bits, other.precision_bits) == (
+            self.ring_bits,
+            self.precision_bits,
         )
 
     def __hash__(self) -> int:
@@ -83,6 +87,9 @@ class FixedPointCodec:
             x: Array, tensor or number.
             name: What to call `x` in error messages (a layer name, say).
 
+        Returns:
+            int64 ring elements round(x * 2^precision_bits), same library and shape.
+
         Raises:
             PrecisionOverflowError: For NaN, infinite or too large values.
         """
@@ -94,36 +101,56 @@ class FixedPointCodec:
                 f"Expected finite values in {name}. Received: a value of {bad} "
                 f"(of {int(np.sum(~np.isfinite(values)))} non-finite values)"
             )
-        scaled = np.rint(values * self.scale)
+        with np.errstate(over="ignore"):  # overflows become inf, refused just below
+            scaled = np.rint(values * self.scale)
         if scaled.size and np.max(np.abs(scaled)) >= 2.0 ** (self.ring_bits - 1):
             worst = values.ravel()[int(np.argmax(np.abs(values)))]
             raise PrecisionOverflowError(
                 f"Expected |{name}| < 2^{self.ring_bits - 1 - self.precision_bits} = "
                 f"{self.max_abs:g} to fit {self!r}. Received: a value of {worst:g}"
             )
-        encoded = scaled.astype(np.int64)
-        return _kernels.get_kernels(library).from_numpy(encoded) if library != "numpy" else encoded
+        return _like(np.asarray(scaled, dtype=np.int64), x, library)
 
     def decode(self, ring: Any) -> Any:
-        """Decodes int64 ring elements into float64 of the same library."""
+        """Decodes int64 ring elements into float64 of the same library.
+
+        Args:
+            ring: Integer array or tensor of ring elements (two's complement).
+
+        Returns:
+            float64 values ring / 2^precision_bits, same library, shape and device.
+
+        Raises:
+            TypeError: If `ring` is not an integer array or tensor.
+        """
         library = _kernels.library_of(ring)
-        values = _kernels.get_kernels(library).to_numpy(ring).astype(np.float64) / self.scale
-        return _float_like(values, library)
+        values = np.asarray(_kernels.as_ring_numpy(_to_numpy(ring)) / self.scale, dtype=np.float64)
+        return _like(values, ring, library)
+
+
+def _to_numpy(x: Any) -> Any:
+    if hasattr(x, "detach"):  # torch
+        return x.detach().cpu().numpy()
+    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):  # tensorflow
+        return x.numpy()
+    return x
 
 
 def _as_float64_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch
-        x = x.detach().cpu().numpy()
-    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):  # tensorflow
-        x = x.numpy()
-    return np.array(x, dtype=np.float64, copy=True)
+    values = np.asarray(_to_numpy(x))
+    if values.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Expected real numbers to encode. Received: values of dtype {values.dtype}"
+        )
+    return np.array(values, dtype=np.float64, copy=True)
 
 
-def _float_like(values: np.ndarray, library: str) -> Any:
+def _like(values: np.ndarray, reference: Any, library: str) -> Any:
+    """`values` (a fresh numpy array) as a tensor of `reference`'s library and device."""
     if library == "torch":
         import torch
 
-        return torch.from_numpy(values)
+        return torch.from_numpy(values).to(reference.device)
     if library == "tensorflow":
         import tensorflow as tf
 

@@ -43,6 +43,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 __all__ = ["SecureStream"]
 
 _KEY_BYTES = 32
+#: Keystream is made in chunks of this many bytes, encrypting one shared block of zeros.
+_CHUNK_BYTES = 1 << 20
+_ZEROS = memoryview(bytes(_CHUNK_BYTES))
+#: `update_into` wants room for one cipher block less a byte past the data.
+_SPARE_BYTES = 15
 _SEED_DOMAIN = b"privkeras.core.random/seed/v1"
 _FORK_DOMAIN = b"privkeras.core.random/fork/v1"
 
@@ -93,6 +98,17 @@ class SecureStream:
         key = hmac.new(self._key, _FORK_DOMAIN + _seed_bytes(label), hashlib.sha256).digest()
         return SecureStream._from_key(key, self.seeded)
 
+    def _keystream(self, n: int) -> np.ndarray:
+        """The next `n` bytes of keystream as a fresh, writable uint8 array."""
+        buffer = np.empty(n + _SPARE_BYTES, dtype=np.uint8)
+        view = memoryview(buffer)
+        for start in range(0, n, _CHUNK_BYTES):
+            length = min(_CHUNK_BYTES, n - start)
+            self._encryptor.update_into(
+                _ZEROS[:length], view[start : start + length + _SPARE_BYTES]
+            )
+        return buffer[:n]
+
     def random_bytes(self, n: int) -> bytes:
         """`n` bytes of keystream."""
         if n < 0:
@@ -102,19 +118,22 @@ class SecureStream:
     def ring(self, shape: int | Sequence[int]) -> np.ndarray:
         """Uniform elements of Z_2^64 as int64 (two's complement)."""
         shape, size = _shape_size(shape)
-        return np.frombuffer(self.random_bytes(8 * size), dtype="<i8").astype(np.int64).reshape(shape)
+        return self._keystream(8 * size).view("<i8").astype(np.int64, copy=False).reshape(shape)
 
     def bits(self, shape: int | Sequence[int]) -> np.ndarray:
         """Uniform bits as int64 zeros and ones."""
         shape, size = _shape_size(shape)
-        raw = np.frombuffer(self.random_bytes((size + 7) // 8), dtype=np.uint8)
+        raw = self._keystream((size + 7) // 8)
         return np.unpackbits(raw, count=size, bitorder="little").astype(np.int64).reshape(shape)
 
     def uniform(self, shape: int | Sequence[int]) -> np.ndarray:
         """Uniform float64 in [0, 1) with 53 random bits each."""
         shape, size = _shape_size(shape)
-        raw = np.frombuffer(self.random_bytes(8 * size), dtype="<u8")
-        return ((raw >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(shape)
+        raw = self._keystream(8 * size).view("<u8")
+        raw >>= np.uint64(11)
+        values = raw.astype(np.float64)
+        values *= 2.0**-53
+        return values.reshape(shape)
 
     def gaussian(self, shape: int | Sequence[int], std: float = 1.0) -> np.ndarray:
         """Normal samples N(0, std^2) as float64 (Box-Muller)."""
@@ -123,10 +142,20 @@ class SecureStream:
         shape, size = _shape_size(shape)
         pairs = (size + 1) // 2
         u = self.uniform(2 * pairs)
-        radius = np.sqrt(-2.0 * np.log1p(-u[:pairs]))  # 1 - u in (0, 1]
-        angle = 2.0 * np.pi * u[pairs:]
-        normal = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
-        return (std * normal).reshape(shape)
+        radius = np.negative(u[:pairs])
+        np.log1p(radius, out=radius)  # log(1 - u), 1 - u in (0, 1]
+        radius *= -2.0
+        np.sqrt(radius, out=radius)
+        angle = u[pairs:]
+        angle *= 2.0 * np.pi
+        normal = np.empty(2 * pairs)
+        np.cos(angle, out=normal[:pairs])
+        np.sin(angle, out=normal[pairs:])
+        normal[:pairs] *= radius
+        normal[pairs:] *= radius
+        normal = normal[:size]
+        normal *= std
+        return normal.reshape(shape)
 
 
 def _seed_bytes(seed: int | str | bytes) -> bytes:

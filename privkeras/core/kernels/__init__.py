@@ -18,39 +18,89 @@ from __future__ import annotations
 
 from typing import Any
 
-from privkeras.core.kernels.base import RingKernels, conv_output_padding
+from privkeras.core.kernels.base import (
+    MATMUL_METHODS,
+    RingKernels,
+    as_ring_numpy,
+    conv_output_padding,
+    matmul_shape,
+)
+from privkeras.core.kernels.limbs import MAX_EXACT_DEPTH
 
-__all__ = ["KERNEL_LIBRARIES", "RingKernels", "conv_output_padding", "get_kernels", "kernels_for"]
+__all__ = [
+    "KERNEL_LIBRARIES",
+    "MATMUL_METHODS",
+    "MAX_EXACT_DEPTH",
+    "RingKernels",
+    "as_ring_numpy",
+    "conv_output_padding",
+    "get_kernels",
+    "kernels_for",
+    "library_of",
+    "matmul_shape",
+]
+
+
+def _numpy_kernels() -> type[RingKernels]:
+    from privkeras.core.kernels.numpy import NumpyKernels
+
+    return NumpyKernels
+
+
+def _torch_kernels() -> type[RingKernels]:
+    from privkeras.core.kernels.torch import TorchKernels
+
+    return TorchKernels
+
+
+def _tensorflow_kernels() -> type[RingKernels]:
+    from privkeras.core.kernels.tensorflow import TensorFlowKernels
+
+    return TensorFlowKernels
+
+
+#: Library name -> the loader of its kernels class (each library is imported on first use).
+_KERNEL_CLASSES = {
+    "numpy": _numpy_kernels,
+    "torch": _torch_kernels,
+    "tensorflow": _tensorflow_kernels,
+}
 
 #: Names accepted by `get_kernels`.
-KERNEL_LIBRARIES = ("numpy", "torch", "tensorflow")
+KERNEL_LIBRARIES = tuple(_KERNEL_CLASSES)
 
-_CACHE: dict[str, RingKernels] = {}
-
-
-def _make(name: str) -> RingKernels:
-    if name == "numpy":
-        from privkeras.core.kernels.numpy import NumpyKernels
-
-        return NumpyKernels()
-    if name == "torch":
-        from privkeras.core.kernels.torch import TorchKernels
-
-        return TorchKernels()
-    if name == "tensorflow":
-        from privkeras.core.kernels.tensorflow import TensorFlowKernels
-
-        return TensorFlowKernels()
-    raise ValueError(
-        f"Expected a kernel library in {list(KERNEL_LIBRARIES)}. Received: name={name!r}"
-    )
+_CACHE: dict[tuple, RingKernels] = {}
 
 
-def get_kernels(name: str) -> RingKernels:
-    """The (shared, stateless) kernels of library `name`."""
-    if name not in _CACHE:
-        _CACHE[name] = _make(name)
-    return _CACHE[name]
+def get_kernels(name: str, **options: Any) -> RingKernels:
+    """The (shared, stateless) kernels of library `name`.
+
+    Args:
+        name: One of `KERNEL_LIBRARIES`.
+        **options: Constructor options of that library's kernels, e.g.
+            `matmul_method="limbs"` or, for torch, `device="cuda"`.
+
+    Returns:
+        A cached `RingKernels` instance (one per name and options).
+
+    Raises:
+        ValueError: For an unknown library or option value.
+
+    Example:
+
+    ```python
+    k = get_kernels("torch")
+    k.to_numpy(k.matmul(k.from_numpy(a), k.from_numpy(b)))
+    ```
+    """
+    if name not in _KERNEL_CLASSES:
+        raise ValueError(
+            f"Expected a kernel library in {list(KERNEL_LIBRARIES)}. Received: name={name!r}"
+        )
+    key = (name, *sorted((k, str(v)) for k, v in options.items()))
+    if key not in _CACHE:
+        _CACHE[key] = _KERNEL_CLASSES[name]()(**options)
+    return _CACHE[key]
 
 
 def library_of(value: Any) -> str:

@@ -16,19 +16,90 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RingKernels", "conv_output_padding"]
+from privkeras.core.kernels.limbs import MAX_EXACT_DEPTH, limb_matmul, limb_matmul_exact
+
+__all__ = [
+    "MATMUL_METHODS",
+    "RingKernels",
+    "as_ring_numpy",
+    "conv_output_padding",
+    "matmul_shape",
+    "matmul_volume",
+]
 
 Tensor = Any
 
+#: Ways every library can multiply ring matrices: "native" int64 matmul,
+#: "limbs" (exact float64 GEMMs, see `limbs.py`), or "auto" (the faster of the
+#: two for the library, device and shape, as measured by benchmarks/suites/kernels.py).
+MATMUL_METHODS = ("auto", "native", "limbs")
 
-def conv_output_padding(
-    size: int, kernel: int, stride: int, padding: str
-) -> tuple[int, int, int]:
+
+def as_ring_numpy(array: Any) -> np.ndarray:
+    """A fresh C-contiguous int64 copy of an integer array (uint64 is reinterpreted bit for bit).
+
+    Raises:
+        TypeError: For float, complex, object or string arrays, which would be
+            truncated silently (encode reals with `FixedPointCodec` instead).
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint64:
+        return np.ascontiguousarray(array).view(np.int64).copy()
+    if array.dtype.kind not in "biu":
+        raise TypeError(
+            "Expected an integer array of ring elements (encode reals with FixedPointCodec). "
+            f"Received: an array of dtype {array.dtype}"
+        )
+    return np.array(array, dtype=np.int64, order="C", copy=True)
+
+
+def matmul_shape(a_shape: Sequence[int], b_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of `a @ b` for operands of at least two axes, batch axes broadcast.
+
+    Raises:
+        ValueError: If an operand has fewer than two axes, the inner sizes
+            differ or the batch axes do not broadcast.
+    """
+    a_shape, b_shape = tuple(a_shape), tuple(b_shape)
+    if len(a_shape) < 2 or len(b_shape) < 2 or a_shape[-1] != b_shape[-2]:
+        raise ValueError(
+            "Expected operands of shapes (..., m, k) and (..., k, n). "
+            f"Received: shapes {a_shape} and {b_shape}"
+        )
+    try:
+        batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"Expected batch axes that broadcast. Received: shapes {a_shape} and {b_shape}"
+        ) from None
+    return (*batch, a_shape[-2], b_shape[-1])
+
+
+def matmul_volume(a_shape: Sequence[int], b_shape: Sequence[int]) -> int:
+    """Multiply-adds in `a @ b`: batch * m * k * n (what "auto" matmul routes on)."""
+    out = matmul_shape(a_shape, b_shape)
+    return int(np.prod(out, dtype=np.int64)) * int(a_shape[-1])
+
+
+def _shift_amount(bits: Any) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 0:
+        raise ValueError(f"Expected a shift of bits >= 0 (an int). Received: bits={bits!r}")
+    return int(bits)
+
+
+def conv_output_padding(size: int, kernel: int, stride: int, padding: str) -> tuple[int, int, int]:
     """Output size and (before, after) padding of one spatial axis, as TensorFlow computes them.
+
+    Args:
+        size: Input size along the axis.
+        kernel: Kernel size along the axis.
+        stride: Stride along the axis, >= 1.
+        padding: "VALID" or "SAME" (either case).
 
     Returns:
         `(output_size, pad_before, pad_after)`.
     """
+    padding = padding.upper() if isinstance(padding, str) else padding
     if padding == "VALID":
         if size < kernel:
             raise ValueError(
@@ -44,14 +115,40 @@ def conv_output_padding(
 
 
 class RingKernels(abc.ABC):
-    """Exact Z_2^64 arithmetic and shape operations on one tensor library."""
+    """Exact Z_2^64 arithmetic and shape operations on one tensor library.
+
+    Args:
+        matmul_method: How `matmul` (and so `conv2d`) multiplies: one of
+            `MATMUL_METHODS` or a library-specific extra. `"auto"` picks the
+            fastest exact route for the operands; every route returns the
+            same bits.
+
+    Operations never modify their inputs. Shift amounts are Python ints
+    >= 0; shifting by 64 or more gives the mathematical result (0, or the
+    sign for an arithmetic right shift) on every library.
+    """
 
     name: str
+
+    def __init__(self, matmul_method: str = "auto"):
+        methods = tuple(self._matmul_routes())
+        if matmul_method not in methods:
+            raise ValueError(
+                f"Expected matmul_method in {list(methods)}. Received: matmul_method={matmul_method!r}"
+            )
+        self.matmul_method = matmul_method
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(matmul_method={self.matmul_method!r})"
 
     # -- conversion ---------------------------------------------------------------
     @abc.abstractmethod
     def from_numpy(self, array: np.ndarray) -> Tensor:
-        """Copies an int64 numpy array into this library (bits unchanged)."""
+        """Copies an integer numpy array into this library as int64 (bits unchanged).
+
+        Raises:
+            TypeError: For non-integer arrays (see `as_ring_numpy`).
+        """
 
     @abc.abstractmethod
     def to_numpy(self, tensor: Tensor) -> np.ndarray:
@@ -69,7 +166,7 @@ class RingKernels(abc.ABC):
 
     def constant(self, value: int, shape: Sequence[int] = ()) -> Tensor:
         """A tensor filled with the ring element `value` (taken mod 2^64)."""
-        wrapped = np.array(value % 2**64, dtype=np.uint64).view(np.int64)
+        wrapped = np.array(int(value) % 2**64, dtype=np.uint64).view(np.int64)
         return self.from_numpy(np.full(tuple(shape), wrapped, dtype=np.int64))
 
     # -- arithmetic mod 2^64 ---------------------------------------------------------
@@ -86,24 +183,95 @@ class RingKernels(abc.ABC):
     def mul(self, a: Tensor, b: Tensor) -> Tensor:
         """Elementwise product with broadcasting."""
 
-    @abc.abstractmethod
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
-        """Matrix product over the last two axes (leading axes broadcast)."""
+        """Matrix product over the last two axes (leading axes broadcast).
+
+        Args:
+            a: Ring tensor of shape (..., m, k).
+            b: Ring tensor of shape (..., k, n).
+
+        Returns:
+            `a @ b` mod 2^64, of shape (..., m, n), by the route `matmul_method` names.
+
+        Raises:
+            ValueError: If the shapes do not multiply.
+        """
+        matmul_shape(self.shape(a), self.shape(b))
+        method = self.matmul_method
+        if method == "auto":
+            method = self._auto_matmul_method(a, b)
+        return self._matmul_routes()[method](a, b)
+
+    def matmul_limbs(self, a: Tensor, b: Tensor, depth_chunk: int = MAX_EXACT_DEPTH) -> Tensor:
+        """`a @ b` mod 2^64 from exact float64 GEMMs on limbs (see `limbs.py`).
+
+        The route used for CUDA tensors, callable on any device so that tests
+        can check it on CPU. `depth_chunk` (at most `MAX_EXACT_DEPTH`) bounds
+        the depth multiplied in one float64 GEMM.
+        """
+        matmul_shape(self.shape(a), self.shape(b))
+        return limb_matmul(self, a, b, depth_chunk)
+
+    def _matmul_routes(self) -> dict[str, Any]:
+        """Route name -> function; "auto" resolves to one of the others."""
+        return {"auto": None, "native": self._matmul_native, "limbs": self.matmul_limbs}
 
     @abc.abstractmethod
-    def sum(self, a: Tensor, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor: ...
+    def _auto_matmul_method(self, a: Tensor, b: Tensor) -> str:
+        """The route "auto" takes for these operands (measured per library)."""
+
+    @abc.abstractmethod
+    def _matmul_native(self, a: Tensor, b: Tensor) -> Tensor:
+        """The library's own int64 matmul (which wraps mod 2^64)."""
+
+    def _limb_matmul_exact(self, a: Tensor, b: Tensor) -> Tensor:
+        """One depth chunk (depth <= MAX_EXACT_DEPTH) of `matmul_limbs`."""
+        return limb_matmul_exact(self, a, b)
+
+    @abc.abstractmethod
+    def _to_float64(self, a: Tensor) -> Tensor:
+        """int64 -> float64 (exact for the small limbs it is given)."""
+
+    @abc.abstractmethod
+    def _float_matmul(self, a: Tensor, b: Tensor) -> Tensor:
+        """float64 matmul (BLAS / cuBLAS)."""
+
+    @abc.abstractmethod
+    def _float_to_ring(self, a: Tensor) -> Tensor:
+        """float64 holding exact integers below 2^53 -> int64."""
+
+    @abc.abstractmethod
+    def sum(
+        self, a: Tensor, axis: int | Sequence[int] | None = None, keepdims: bool = False
+    ) -> Tensor: ...
 
     # -- bits ----------------------------------------------------------------------
-    @abc.abstractmethod
-    def shift_left(self, a: Tensor, bits: int) -> Tensor: ...
+    def shift_left(self, a: Tensor, bits: int) -> Tensor:
+        """`a * 2^bits` mod 2^64."""
+        bits = _shift_amount(bits)
+        return self._shift_left(a, bits) if bits < 64 else self.sub(a, a)
 
-    @abc.abstractmethod
     def shift_right_arithmetic(self, a: Tensor, bits: int) -> Tensor:
         """Sign-extending right shift (floor division by 2^bits)."""
+        return self._shift_right_arithmetic(a, min(_shift_amount(bits), 63))
 
-    @abc.abstractmethod
     def shift_right_logical(self, a: Tensor, bits: int) -> Tensor:
         """Zero-filling right shift of the 64-bit pattern."""
+        bits = _shift_amount(bits)
+        if bits >= 64:
+            return self.sub(a, a)
+        if bits == 0:
+            return self.add(a, self.constant(0))
+        shifted = self._shift_right_arithmetic(a, bits)
+        return self.bitwise_and(shifted, self.constant((1 << (64 - bits)) - 1))
+
+    @abc.abstractmethod
+    def _shift_left(self, a: Tensor, bits: int) -> Tensor:
+        """Left shift by `bits` in [0, 63]."""
+
+    @abc.abstractmethod
+    def _shift_right_arithmetic(self, a: Tensor, bits: int) -> Tensor:
+        """Arithmetic right shift by `bits` in [0, 63]."""
 
     @abc.abstractmethod
     def bitwise_and(self, a: Tensor, b: Tensor) -> Tensor: ...
@@ -119,9 +287,13 @@ class RingKernels(abc.ABC):
 
     def bit(self, a: Tensor, index: int) -> Tensor:
         """Bit `index` (0 = least significant) of each element, as int64 0 or 1."""
-        if not 0 <= index < 64:
-            raise ValueError(f"Expected a bit index in [0, 63]. Received: index={index}")
-        return self.bitwise_and(self.shift_right_logical(a, index), self.constant(1))
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, (int, np.integer))
+            or not 0 <= index < 64
+        ):
+            raise ValueError(f"Expected a bit index in [0, 63]. Received: index={index!r}")
+        return self.bitwise_and(self.shift_right_logical(a, int(index)), self.constant(1))
 
     # -- shapes --------------------------------------------------------------------
     @abc.abstractmethod
@@ -156,7 +328,7 @@ class RingKernels(abc.ABC):
         padding: str = "VALID",
     ) -> Tensor:
         """Sliding windows of an NHWC tensor as (N, OH, OW, KH * KW, C)."""
-        n, h, w, c = self.shape(x)
+        _, h, w, _ = self.shape(x)
         kh, kw = kernel_size
         sh, sw = strides
         oh, top, bottom = conv_output_padding(h, kh, sh, padding)
@@ -166,8 +338,12 @@ class RingKernels(abc.ABC):
         windows = [
             self.getitem(
                 x,
-                (slice(None), slice(i, i + sh * (oh - 1) + 1, sh),
-                 slice(j, j + sw * (ow - 1) + 1, sw), slice(None)),
+                (
+                    slice(None),
+                    slice(i, i + sh * (oh - 1) + 1, sh),
+                    slice(j, j + sw * (ow - 1) + 1, sw),
+                    slice(None),
+                ),
             )
             for i in range(kh)
             for j in range(kw)
@@ -178,18 +354,43 @@ class RingKernels(abc.ABC):
         self,
         x: Tensor,
         kernel: Tensor,
-        strides: Sequence[int] = (1, 1),
+        strides: int | Sequence[int] = (1, 1),
         padding: str = "VALID",
     ) -> Tensor:
-        """2-D convolution mod 2^64: NHWC input, HWIO kernel, as `tf.nn.conv2d`."""
-        kh, kw, c_in, c_out = self.shape(kernel)
-        n, h, w, c = self.shape(x)
-        if c != c_in:
+        """2-D convolution mod 2^64: NHWC input, HWIO kernel, as `tf.nn.conv2d`.
+
+        Args:
+            x: Ring tensor of shape (N, H, W, C).
+            kernel: Ring tensor of shape (KH, KW, C, C_out).
+            strides: One int or (stride_h, stride_w), each >= 1.
+            padding: "VALID" or "SAME" (TensorFlow's split of odd padding).
+
+        Returns:
+            The ring tensor of shape (N, OH, OW, C_out).
+
+        Raises:
+            ValueError: For mismatched ranks or channels, bad strides or padding.
+        """
+        strides = _pair_of_strides(strides)
+        x_shape, k_shape = self.shape(x), self.shape(kernel)
+        if len(x_shape) != 4 or len(k_shape) != 4 or x_shape[3] != k_shape[2]:
             raise ValueError(
-                f"Expected input channels to match the kernel's {c_in}. Received: {c}"
+                "Expected an NHWC input and an HWIO kernel with matching channels. "
+                f"Received: shapes {x_shape} and {k_shape}"
             )
+        kh, kw, c_in, c_out = k_shape
+        n = x_shape[0]
         patches = self.extract_patches(x, (kh, kw), strides, padding)
         _, oh, ow, _, _ = self.shape(patches)
         cols = self.reshape(patches, (n * oh * ow, kh * kw * c_in))
         out = self.matmul(cols, self.reshape(kernel, (kh * kw * c_in, c_out)))
         return self.reshape(out, (n, oh, ow, c_out))
+
+
+def _pair_of_strides(strides: int | Sequence[int]) -> tuple[int, int]:
+    pair = (strides, strides) if isinstance(strides, (int, np.integer)) else tuple(strides)
+    if len(pair) != 2 or any(
+        isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in pair
+    ):
+        raise ValueError(f"Expected strides of one or two ints >= 1. Received: strides={strides!r}")
+    return int(pair[0]), int(pair[1])

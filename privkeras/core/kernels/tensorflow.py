@@ -1,4 +1,12 @@
-"""Ring kernels on TensorFlow int64 tensors (the TF-Encrypted style engine's arithmetic)."""
+"""Ring kernels on TensorFlow int64 tensors (the TF-Encrypted style engine's arithmetic).
+
+TensorFlow's int64 matmul is a plain Eigen loop (3-5x slower than torch's on
+CPU) and there is none on GPU; its eager patch extraction is slow too. So
+"auto" hands eager CPU matmuls and convolutions to the torch kernels on the
+same memory (DLPack, no copy), multiplies GPU tensors with float64 GEMMs on
+limbs on the device, and keeps TensorFlow's own int64 matmul inside graphs
+(`tf.function`), where neither trick applies. Every route gives the same bits.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +16,35 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from privkeras.core.kernels.base import RingKernels
+from privkeras.core.kernels.base import RingKernels, as_ring_numpy
 
 __all__ = ["TensorFlowKernels"]
 
 
 class TensorFlowKernels(RingKernels):
-    """tf.int64 arithmetic; TensorFlow's int64 kernels wrap around mod 2^64."""
+    """tf.int64 arithmetic; TensorFlow's int64 kernels wrap around mod 2^64.
+
+    Args:
+        matmul_method: "auto", "native" (TensorFlow's int64 matmul), "limbs"
+            (float64 GEMMs in TensorFlow, the GPU route) or "torch" (torch's
+            int64 matmul and convolution on the same CPU memory; eager CPU
+            tensors only).
+    """
 
     name = "tensorflow"
 
     def from_numpy(self, array: np.ndarray) -> tf.Tensor:
-        return tf.constant(np.asarray(array, dtype=np.int64))
+        return tf.constant(as_ring_numpy(array))
 
     def to_numpy(self, tensor: tf.Tensor) -> np.ndarray:
-        return np.array(tensor.numpy(), dtype=np.int64, copy=True)
+        return as_ring_numpy(tensor.numpy())
 
     def is_tensor(self, value: Any) -> bool:
         return isinstance(value, (tf.Tensor, tf.Variable))
+
+    def constant(self, value: int, shape: Sequence[int] = ()) -> tf.Tensor:
+        wrapped = int(np.array(int(value) % 2**64, dtype=np.uint64).view(np.int64))
+        return tf.fill(tuple(shape), tf.constant(wrapped, dtype=tf.int64))
 
     def add(self, a, b):
         return tf.add(a, b)
@@ -39,29 +58,51 @@ class TensorFlowKernels(RingKernels):
     def mul(self, a, b):
         return tf.multiply(a, b)
 
-    def matmul(self, a, b):
+    def _matmul_routes(self) -> dict[str, Any]:
+        return {**super()._matmul_routes(), "torch": self._matmul_torch}
+
+    def _auto_matmul_method(self, a, b) -> str:
+        if _on_gpu(a) or _on_gpu(b):
+            return "limbs"
+        if _can_delegate(a, b):
+            return "torch"
+        return "native"
+
+    def _matmul_native(self, a, b):
         return tf.linalg.matmul(a, b)
+
+    def _matmul_torch(self, a, b):
+        torch_kernels = _delegate_kernels(a, b)
+        return _from_torch(torch_kernels.matmul(_as_torch(a), _as_torch(b)))
+
+    def conv2d(self, x, kernel, strides=(1, 1), padding="VALID"):
+        method = self.matmul_method
+        if method == "auto":
+            method = self._auto_matmul_method(x, kernel)
+        if method == "torch":
+            torch_kernels = _delegate_kernels(x, kernel)
+            out = torch_kernels.conv2d(_as_torch(x), _as_torch(kernel), strides, padding)
+            return _from_torch(out)
+        return super().conv2d(x, kernel, strides, padding)
+
+    def _to_float64(self, a):
+        return tf.cast(a, tf.float64)
+
+    def _float_matmul(self, a, b):
+        return tf.linalg.matmul(a, b)
+
+    def _float_to_ring(self, a):
+        return tf.cast(a, tf.int64)
 
     def sum(self, a, axis=None, keepdims=False):
         axis = list(axis) if isinstance(axis, (list, tuple)) else axis
         return tf.reduce_sum(a, axis=axis, keepdims=keepdims)
 
-    def _bits(self, bits):
-        return tf.constant(bits, dtype=tf.int64)
+    def _shift_left(self, a, bits):
+        return tf.bitwise.left_shift(a, tf.constant(bits, dtype=tf.int64))
 
-    def shift_left(self, a, bits):
-        return tf.bitwise.left_shift(a, self._bits(bits))
-
-    def shift_right_arithmetic(self, a, bits):
-        return tf.bitwise.right_shift(a, self._bits(bits))
-
-    def shift_right_logical(self, a, bits):
-        if bits == 0:
-            return tf.identity(a)
-        if bits >= 64:
-            return tf.zeros_like(a)
-        mask = tf.constant((1 << (64 - bits)) - 1, dtype=tf.int64)
-        return tf.bitwise.bitwise_and(tf.bitwise.right_shift(a, self._bits(bits)), mask)
+    def _shift_right_arithmetic(self, a, bits):
+        return tf.bitwise.right_shift(a, tf.constant(bits, dtype=tf.int64))
 
     def bitwise_and(self, a, b):
         return tf.bitwise.bitwise_and(a, b)
@@ -89,3 +130,58 @@ class TensorFlowKernels(RingKernels):
 
     def broadcast_to(self, a, shape):
         return tf.broadcast_to(a, tuple(shape))
+
+
+def _is_eager(tensor: Any) -> bool:
+    return hasattr(tensor, "numpy") and tf.executing_eagerly()
+
+
+def _on_gpu(tensor: Any) -> bool:
+    return "GPU" in (getattr(tensor, "device", "") or "").upper()
+
+
+def _can_delegate(*tensors: Any) -> bool:
+    """Whether torch can work on these tensors' memory: eager, on CPU, non-empty."""
+    return (
+        all(_is_eager(t) and not _on_gpu(t) and t.shape.num_elements() for t in tensors)
+        and _torch_cpu_kernels() is not None
+    )
+
+
+def _delegate_kernels(*tensors: Any) -> RingKernels:
+    if not _can_delegate(*tensors):
+        raise ValueError(
+            'Expected non-empty eager CPU tensors and an importable torch for matmul_method="torch". '
+            'Received: graph, GPU or empty tensors, or no torch; use "native" or "limbs"'
+        )
+    return _torch_cpu_kernels()
+
+
+def _torch_cpu_kernels() -> RingKernels | None:
+    """The torch CPU kernels, made on first use; None where torch is not installed."""
+    global _TORCH_KERNELS
+    if _TORCH_KERNELS is _UNSET:
+        try:
+            from privkeras.core.kernels.torch import TorchKernels
+        except ImportError:
+            _TORCH_KERNELS = None
+        else:
+            _TORCH_KERNELS = TorchKernels("cpu", matmul_method="native")
+    return _TORCH_KERNELS
+
+
+def _as_torch(tensor: Any) -> Any:
+    """A torch view of an eager CPU tensor's memory (no copy)."""
+    import torch
+
+    return torch.from_dlpack(tf.experimental.dlpack.to_dlpack(tf.convert_to_tensor(tensor)))
+
+
+def _from_torch(tensor: Any) -> tf.Tensor:
+    import torch
+
+    return tf.experimental.dlpack.from_dlpack(torch.utils.dlpack.to_dlpack(tensor.contiguous()))
+
+
+_UNSET: Any = object()
+_TORCH_KERNELS: Any = _UNSET

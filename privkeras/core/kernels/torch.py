@@ -1,4 +1,9 @@
-"""Ring kernels on torch int64 tensors (CPU; CUDA tensors stay on their device)."""
+"""Ring kernels on torch int64 tensors, on CPU or CUDA.
+
+On CPU torch's own int64 matmul is the fastest exact route. CUDA has no int64
+matmul at all, so CUDA tensors are multiplied by float64 GEMMs on limbs
+(`limbs.py`); `matmul_method="limbs"` runs that same route on CPU for tests.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privkeras.core.kernels.base import RingKernels
+from privkeras.core.kernels.base import RingKernels, as_ring_numpy
 
 __all__ = ["TorchKernels"]
 
@@ -17,23 +22,33 @@ class TorchKernels(RingKernels):
     """torch int64 arithmetic; torch wraps signed int64 around mod 2^64.
 
     Args:
-        device: Where new tensors are made (`"cpu"` by default).
+        device: Where `from_numpy` puts new tensors (`"cpu"` by default).
+            Operations keep their operands' device.
+        matmul_method: "auto" (native int64 on CPU, limbs on CUDA), "native"
+            or "limbs".
     """
 
     name = "torch"
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", matmul_method: str = "auto"):
+        super().__init__(matmul_method)
         self.device = torch.device(device)
 
+    def __repr__(self) -> str:
+        return f"TorchKernels(device={str(self.device)!r}, matmul_method={self.matmul_method!r})"
+
     def from_numpy(self, array: np.ndarray) -> torch.Tensor:
-        array = np.ascontiguousarray(array, dtype=np.int64)
-        return torch.from_numpy(array.copy()).to(self.device)
+        return torch.from_numpy(as_ring_numpy(array)).to(self.device)
 
     def to_numpy(self, tensor: torch.Tensor) -> np.ndarray:
-        return tensor.detach().cpu().numpy().astype(np.int64, copy=True)
+        return as_ring_numpy(tensor.detach().cpu().numpy())
 
     def is_tensor(self, value: Any) -> bool:
         return isinstance(value, torch.Tensor)
+
+    def constant(self, value: int, shape: Sequence[int] = ()) -> torch.Tensor:
+        wrapped = int(np.array(int(value) % 2**64, dtype=np.uint64).view(np.int64))
+        return torch.full(tuple(shape), wrapped, dtype=torch.int64, device=self.device)
 
     def add(self, a, b):
         return torch.add(a, b)
@@ -47,8 +62,20 @@ class TorchKernels(RingKernels):
     def mul(self, a, b):
         return torch.mul(a, b)
 
-    def matmul(self, a, b):
+    def _auto_matmul_method(self, a, b) -> str:
+        return "native" if a.device.type == "cpu" else "limbs"
+
+    def _matmul_native(self, a, b):
         return torch.matmul(a, b)
+
+    def _to_float64(self, a):
+        return a.to(torch.float64)
+
+    def _float_matmul(self, a, b):
+        return torch.matmul(a, b)
+
+    def _float_to_ring(self, a):
+        return a.to(torch.int64)
 
     def sum(self, a, axis=None, keepdims=False):
         if axis is None:
@@ -57,19 +84,11 @@ class TorchKernels(RingKernels):
         dims = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
         return torch.sum(a, dim=dims, keepdim=keepdims, dtype=torch.int64)
 
-    def shift_left(self, a, bits):
+    def _shift_left(self, a, bits):
         return torch.bitwise_left_shift(a, bits)
 
-    def shift_right_arithmetic(self, a, bits):
+    def _shift_right_arithmetic(self, a, bits):
         return torch.bitwise_right_shift(a, bits)
-
-    def shift_right_logical(self, a, bits):
-        if bits == 0:
-            return a.clone()
-        if bits >= 64:
-            return torch.zeros_like(a)
-        mask = (1 << (64 - bits)) - 1
-        return torch.bitwise_and(torch.bitwise_right_shift(a, bits), mask)
 
     def bitwise_and(self, a, b):
         return torch.bitwise_and(a, b)
