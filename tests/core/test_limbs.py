@@ -205,7 +205,7 @@ def test_torch_cpu_limb_route_matches_native():
     np.testing.assert_array_equal(
         out, native.to_numpy(native.matmul(native.from_numpy(a), native.from_numpy(b)))
     )
-    assert TorchKernels()._auto_matmul_method(limbs.from_numpy(a), limbs.from_numpy(b)) == "native"
+    assert TorchKernels().matmul_route(limbs.from_numpy(a), limbs.from_numpy(b)) == "native"
 
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA device")
@@ -215,7 +215,7 @@ def test_torch_cuda_uses_exact_limbs():  # pragma: no cover - runs only where CU
     b = rng.integers(INT64_MIN, INT64_MAX, (3000, 32), dtype=np.int64)
     k = TorchKernels("cuda")
     ta, tb = k.from_numpy(a), k.from_numpy(b)
-    assert ta.device.type == "cuda" and k._auto_matmul_method(ta, tb) == "limbs"
+    assert ta.device.type == "cuda" and k.matmul_route(ta, tb) == "limbs"
     np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), np.matmul(a, b))
     x = rng.integers(INT64_MIN, INT64_MAX, (2, 9, 9, 3), dtype=np.int64)
     w = rng.integers(INT64_MIN, INT64_MAX, (3, 3, 3, 4), dtype=np.int64)
@@ -235,7 +235,7 @@ def test_tensorflow_routes_agree_in_eager_and_graph_mode():
     expected = np.matmul(a, b)
     auto = TensorFlowKernels()
     ta, tb = auto.from_numpy(a), auto.from_numpy(b)
-    assert auto._auto_matmul_method(ta, tb) == "torch"
+    assert auto.matmul_route(ta, tb) == "torch"
     for method in ("auto", "native", "limbs", "torch"):
         k = TensorFlowKernels(matmul_method=method)
         np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), expected, err_msg=method)

@@ -6,6 +6,7 @@ imported only when its kernels are first asked for.
 Example:
 
 ```python
+import numpy as np
 from privkeras.core.kernels import get_kernels
 
 k = get_kernels("torch")

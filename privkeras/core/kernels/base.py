@@ -197,10 +197,13 @@ class RingKernels(abc.ABC):
             ValueError: If the shapes do not multiply.
         """
         matmul_shape(self.shape(a), self.shape(b))
-        method = self.matmul_method
-        if method == "auto":
-            method = self._auto_matmul_method(a, b)
-        return self._matmul_routes()[method](a, b)
+        return self._matmul_routes()[self.matmul_route(a, b)](a, b)
+
+    def matmul_route(self, a: Tensor, b: Tensor) -> str:
+        """The route `matmul(a, b)` takes: `matmul_method`, with "auto" resolved."""
+        if self.matmul_method == "auto":
+            return self._auto_matmul_method(a, b)
+        return self.matmul_method
 
     def matmul_limbs(self, a: Tensor, b: Tensor, depth_chunk: int = MAX_EXACT_DEPTH) -> Tensor:
         """`a @ b` mod 2^64 from exact float64 GEMMs on limbs (see `limbs.py`).

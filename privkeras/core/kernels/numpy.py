@@ -21,8 +21,8 @@ from privkeras.core.kernels.limbs import LIMB_BITS, PRODUCT_TERMS
 __all__ = ["NUMPY_LIMBS_MIN_VOLUME", "NumpyKernels"]
 
 #: From this many multiply-adds on, "auto" matmul uses limbs: numpy's int64
-#: loop and six BLAS GEMMs break even around 48^3 on the benchmark machine.
-NUMPY_LIMBS_MIN_VOLUME = 48**3
+#: loop wins at 48^3 and loses at 64^3 on the benchmark machine (2 cores).
+NUMPY_LIMBS_MIN_VOLUME = 64**3
 
 #: Scratch buffers larger than this are allocated per call instead of kept.
 SCRATCH_MAX_BYTES = 16 * 2**20

@@ -76,10 +76,8 @@ class TensorFlowKernels(RingKernels):
         return _from_torch(torch_kernels.matmul(_as_torch(a), _as_torch(b)))
 
     def conv2d(self, x, kernel, strides=(1, 1), padding="VALID"):
-        method = self.matmul_method
-        if method == "auto":
-            method = self._auto_matmul_method(x, kernel)
-        if method == "torch":
+        """`RingKernels.conv2d`; on the "torch" route the whole convolution runs in torch."""
+        if self.matmul_route(x, kernel) == "torch":
             torch_kernels = _delegate_kernels(x, kernel)
             out = torch_kernels.conv2d(_as_torch(x), _as_torch(kernel), strides, padding)
             return _from_torch(out)
