@@ -106,13 +106,11 @@ def reciprocal_positive(x: SharedTensor, iterations: int = RECIPROCAL_ITERATIONS
 
 def reciprocal(x: SharedTensor, iterations: int = RECIPROCAL_ITERATIONS) -> SharedTensor:
     """1 / x for 0.05 <= |x| <= 500 (either sign): sign by one comparison, then Newton-Raphson."""
-    protocol = x.runtime.protocol
     negative = x._negative_bit()
-    (x_neg,), _ = protocol.multiply_by_bit(negative, [x.shares])
-    magnitude = x - 2 * x._new(x_neg)
-    y = reciprocal_positive(magnitude, iterations)
-    (y_neg,), _ = protocol.multiply_by_bit(negative, [y.shares])
-    return y - 2 * y._new(y_neg)
+    (x_neg,), _ = x._times_bit(negative, [x])
+    y = reciprocal_positive(x - 2 * x_neg, iterations)
+    (y_neg,), _ = x._times_bit(negative, [y])
+    return y - 2 * y_neg
 
 
 def reciprocal_on_interval(x: SharedTensor, upper: float) -> SharedTensor:
@@ -140,15 +138,12 @@ def sigmoid(x: SharedTensor) -> SharedTensor:
 
     Accurate to about 2e-3 on [-200, 200] with 16 fractional bits.
     """
-    protocol = x.runtime.protocol
     negative = x._negative_bit()
-    (x_neg,), _ = protocol.multiply_by_bit(negative, [x.shares])
-    magnitude = x - 2 * x._new(x_neg)
-    positive_part = reciprocal_on_interval(exp_limit(-magnitude) + 1.0, 2.0)
+    (x_neg,), _ = x._times_bit(negative, [x])
+    positive_part = reciprocal_on_interval(exp_limit(-(x - 2 * x_neg)) + 1.0, 2.0)
     # x < 0: sigmoid(x) = 1 - sigmoid(|x|)
-    flip = 1.0 - 2 * positive_part
-    (delta,), _ = protocol.multiply_by_bit(negative, [flip.shares])
-    return positive_part + x._new(delta)
+    (delta,), _ = x._times_bit(negative, [1.0 - 2 * positive_part])
+    return positive_part + delta
 
 
 def tanh(x: SharedTensor) -> SharedTensor:

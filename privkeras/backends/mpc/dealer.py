@@ -93,37 +93,31 @@ class Dealer:
         return shares
 
     # -- arithmetic ----------------------------------------------------------------
-    def triple(
-        self,
-        x_shape: Sequence[int],
-        y_shape: Sequence[int],
-        product: Callable[[Tensor, Tensor], Tensor],
-    ) -> tuple[Shares, Shares, Shares]:
-        """A Beaver triple (a, b, c = product(a, b)) for any bilinear `product`.
+    def random_mask(self, shape: Sequence[int]) -> tuple[Tensor, Shares]:
+        """A uniformly random ring tensor: (the dealer's value, the parties' shares)."""
+        shares = self._random(shape)
+        return self.kernels.add(shares[0], shares[1]), shares
 
-        `product` is elementwise multiplication, matmul or conv2d on ring tensors.
+    def product_shares(
+        self, a: Tensor, b: Tensor, product: Callable[[Tensor, Tensor], Tensor]
+    ) -> Shares:
+        """Fresh shares of c = product(a, b) for masks a, b the dealer made.
+
+        With a and b from `random_mask`, (a, b, c) is a Beaver triple for any
+        bilinear `product` (elementwise, matmul, conv2d). A mask may take part
+        in many triples: each gets fresh shares of its own c.
         """
-        k = self.kernels
-        a, b = self._random(x_shape), self._random(y_shape)
-        c = product(k.add(a[0], a[1]), k.add(b[0], b[1]))
-        (c_shares,) = self._share_known([c], xor=[False])
-        return a, b, c_shares
-
-    def square_pair(self, shape: Sequence[int]) -> tuple[Shares, Shares]:
-        """A pair (a, a * a) for squaring with one opened value."""
-        k = self.kernels
-        a = self._random(shape)
-        value = k.add(a[0], a[1])
-        (aa,) = self._share_known([k.mul(value, value)], xor=[False])
-        return a, aa
+        (c,) = self._share_known([product(a, b)], xor=[False])
+        return c
 
     # -- binary ----------------------------------------------------------------------
-    def edabits(self, shape: Sequence[int]) -> tuple[Shares, Shares]:
-        """A random r as additive shares and as XOR shares of its 64 bits."""
+    def edabits(self, shape: Sequence[int]) -> tuple[Tensor, Shares, Shares]:
+        """A random r: the dealer's value, additive shares, XOR shares of its 64 bits."""
         k = self.kernels
         r = self._random(shape)
-        (r_xor,) = self._share_known([k.add(r[0], r[1])], xor=[True])
-        return r, r_xor
+        value = k.add(r[0], r[1])
+        (r_xor,) = self._share_known([value], xor=[True])
+        return value, r, r_xor
 
     def prefix_triples(
         self, shape: Sequence[int], shift: int, with_propagate: bool
@@ -143,14 +137,6 @@ class Dealer:
         shared = self._share_known(products, xor=[True] * len(products))
         return u, v, shared[0], (shared[1] if with_propagate else None)
 
-    def and_triple(self, shape: Sequence[int]) -> tuple[Shares, Shares, Shares]:
-        """XOR shares of random words u, v and of u & v."""
-        k = self.kernels
-        u, v = self._random_xor(shape), self._random_xor(shape)
-        product = k.bitwise_and(k.bitwise_xor(u[0], u[1]), k.bitwise_xor(v[0], v[1]))
-        (uv,) = self._share_known([product], xor=[True])
-        return u, v, uv
-
     def random_bit(self, shape: Sequence[int]) -> tuple[Shares, Shares]:
         """A random bit b (int64 0/1) as XOR shares and as additive shares."""
         k = self.kernels
@@ -158,19 +144,18 @@ class Dealer:
         (b_arith,) = self._share_known([k.bitwise_xor(b_xor[0], b_xor[1])], xor=[False])
         return b_xor, b_arith
 
-    def bit_injection(
-        self, bit_shape: Sequence[int], x_shapes: Sequence[Sequence[int]]
-    ) -> tuple[Shares, Shares, list[Shares], list[Shares]]:
-        """Correlations for multiplying shared values by a shared bit.
+    def bit_products(
+        self, bit_shape: Sequence[int], masks: Sequence[Tensor]
+    ) -> tuple[Shares, Shares, list[Shares]]:
+        """Correlations for multiplying masked values by a shared bit.
 
         Returns XOR shares of a random bit b (int64 0/1, shape `bit_shape`),
-        additive shares of b, and for each shape in `x_shapes` additive
-        shares of a random ring mask a_j and of a_j * b (b broadcast).
+        additive shares of b, and for each mask a_j in `masks` (dealer
+        values from `random_mask`) additive shares of a_j * b (b broadcast).
         """
         k = self.kernels
         b_xor = (self._seeded_bits(0, bit_shape), self._seeded_bits(1, bit_shape))
         b = k.bitwise_xor(b_xor[0], b_xor[1])
-        masks = [self._random(shape) for shape in x_shapes]
-        products = [k.mul(k.add(a[0], a[1]), b) for a in masks]
+        products = [k.mul(a, b) for a in masks]
         known = self._share_known([b, *products], xor=[False] * (1 + len(products)))
-        return b_xor, known[0], masks, known[1:]
+        return b_xor, known[0], known[1:]

@@ -53,13 +53,16 @@ class SharedTensor:
     never by calling this constructor.
     """
 
-    __slots__ = ("_shape", "runtime", "shares")
+    __slots__ = ("_mask", "_shape", "runtime", "shares")
     __array_priority__ = 1000  # numpy defers `ndarray @ shared` to __rmatmul__
 
     def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...]):
         self.runtime = runtime
         self.shares = tuple(shares)
         self._shape = runtime.kernels.shape(self.shares[0])
+        # A protocol's reusable mask of this value (Pond: a Beaver mask opened once),
+        # set by the first product or comparison that opens one. Not part of the value.
+        self._mask = None
 
     # -- basics ----------------------------------------------------------------------
     @property
@@ -101,7 +104,14 @@ class SharedTensor:
         return SharedTensor(self.runtime, tuple(shares))
 
     def _local(self, fn: Callable[..., Tensor], *others: SharedTensor) -> SharedTensor:
-        return self._new(self._protocol.local(fn, self.shares, *(o.shares for o in others)))
+        result = self._new(self._protocol.local(fn, self.shares, *(o.shares for o in others)))
+        if not others and self._mask is not None:
+            result._mask = self._mask.derive(fn)  # the mask of L(x) is L(mask)
+        return result
+
+    def _keep_mask(self, mask: Any) -> None:
+        if self._mask is None and mask is not None:
+            self._mask = mask
 
     def _coerce(self, other: Any) -> SharedTensor | Tensor:
         """Another operand as a SharedTensor of this runtime, or a public ring tensor."""
@@ -142,7 +152,12 @@ class SharedTensor:
         if isinstance(other, SharedTensor):
             self._coerce(other)
             x, y = (other, self) if reverse else (self, other)
-            return self._new(protocol.product_truncated(x.shares, y.shares, op, f, **kwargs))
+            shares, (mask_x, mask_y) = protocol.product_truncated(
+                x.shares, y.shares, op, f, masks=(x._mask, y._mask), **kwargs
+            )
+            x._keep_mask(mask_x)
+            y._keep_mask(mask_y)
+            return self._new(shares)
         integer = op == "mul" and _small_integer(other)
         public = (
             k.from_numpy(np.asarray(other, dtype=np.int64))
@@ -193,9 +208,8 @@ class SharedTensor:
         return self._product(kernel, "conv2d", strides=tuple(strides), padding=padding.upper())
 
     def square(self) -> SharedTensor:
-        """x * x, opening one masked value instead of two."""
-        f = self.runtime.codec.precision_bits
-        return self._new(self._protocol.square_truncated(self.shares, f))
+        """x * x (one masked value is opened, not two)."""
+        return self * self
 
     def div_public(self, divisor: float | np.ndarray) -> SharedTensor:
         """x / divisor for a public divisor (one truncated product)."""
@@ -291,29 +305,47 @@ class SharedTensor:
 
     # -- comparisons -------------------------------------------------------------------------------
     def _negative_bit(self) -> tuple:
-        return self._protocol.negative_bit(self.shares)
+        """Binary shares of [self < 0] (keeps the mask the comparison opened)."""
+        bit, mask = self._protocol.negative_bit_with_mask(self.shares)
+        self._keep_mask(mask)
+        return bit
+
+    def _times_bit(self, bit, tensors: Sequence[SharedTensor]) -> tuple[list[SharedTensor], tuple]:
+        """[t * bit for t in tensors] (no truncation) and the bit as integer shares."""
+        products, arith, masks = self._protocol.multiply_by_bit(
+            bit, [t.shares for t in tensors], [t._mask for t in tensors]
+        )
+        for tensor, mask in zip(tensors, masks):
+            tensor._keep_mask(mask)
+        return [self._new(p) for p in products], arith
 
     def _bit_to_fixed(self, bit) -> SharedTensor:
         k, f = self._k, self.runtime.codec.precision_bits
         arith = self._protocol.bit_to_arithmetic(bit)
         return self._new(tuple(k.shift_left(s, f) for s in arith))
 
+    def _positive_bit(self) -> tuple:
+        """Binary shares of [self > 0] = [-self < 0]; self adopts the mask of -self."""
+        negated = -self
+        bit = negated._negative_bit()
+        if negated._mask is not None:
+            self._keep_mask(negated._mask.derive(self._k.neg))
+        return bit
+
     def drelu(self) -> SharedTensor:
         """Shared 1.0 where x > 0, else 0.0 (the derivative of ReLU)."""
-        return self._bit_to_fixed((-self)._negative_bit())
+        return self._bit_to_fixed(self._positive_bit())
 
     def relu(self) -> SharedTensor:
         """max(x, 0), exact: one comparison and one multiplication by the shared bit."""
-        bit = (-self)._negative_bit()
-        (product,), _ = self._protocol.multiply_by_bit(bit, [self.shares])
-        return self._new(product)
+        (product,), _ = self._times_bit(self._positive_bit(), [self])
+        return product
 
     def relu_with_derivative(self) -> tuple[SharedTensor, SharedTensor]:
         """(relu(x), drelu(x)) from one comparison, for backpropagation."""
         k, f = self._k, self.runtime.codec.precision_bits
-        bit = (-self)._negative_bit()
-        (product,), arith = self._protocol.multiply_by_bit(bit, [self.shares])
-        return self._new(product), self._new(tuple(k.shift_left(s, f) for s in arith))
+        (product,), arith = self._times_bit(self._positive_bit(), [self])
+        return product, self._new(tuple(k.shift_left(s, f) for s in arith))
 
     def _less_than(self, other: Any) -> SharedTensor:
         return self._bit_to_fixed((self - other)._negative_bit())
@@ -336,8 +368,8 @@ class SharedTensor:
 
     def abs(self) -> SharedTensor:
         """|x|: x - 2 x [x < 0]."""
-        (product,), _ = self._protocol.multiply_by_bit(self._negative_bit(), [self.shares])
-        return self - 2 * self._new(product)
+        (product,), _ = self._times_bit(self._negative_bit(), [self])
+        return self - 2 * product
 
     # -- max and argmax ---------------------------------------------------------------------------
     def _max_last_axis(self, with_argmax: bool) -> tuple[SharedTensor, SharedTensor | None]:
@@ -355,15 +387,16 @@ class SharedTensor:
             width = values.shape[-1]
             half = width // 2
             a, b = values[..., :half], values[..., half : 2 * half]
-            bit = (a - b)._negative_bit()  # 1 where a < b: take b
-            xs = [(b - a).shares]
+            difference = a - b
+            bit = difference._negative_bit()  # 1 where a < b: take b
+            xs = [-difference]  # b - a, with the mask the comparison opened
             if with_argmax:
                 ia, ib = index[..., :half], index[..., half : 2 * half]
-                xs.append((ib - ia).shares)
-            products, _ = self._protocol.multiply_by_bit(bit, xs)
-            new_values = a + self._new(products[0])
+                xs.append(ib - ia)
+            products, _ = self._times_bit(bit, xs)
+            new_values = a + products[0]
             if with_argmax:
-                new_index = ia + self._new(products[1])
+                new_index = ia + products[1]
             if width % 2:
                 new_values = SharedTensor.concat([new_values, values[..., 2 * half :]], axis=-1)
                 if with_argmax:

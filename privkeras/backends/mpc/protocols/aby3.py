@@ -167,7 +167,15 @@ class ABY3Protocol(Protocol):
         alpha = self._zero_sharing(k.shape(z[0]))
         return self._reshare([k.add(z[i], alpha[i]) for i in range(3)])
 
-    def product_truncated(self, x: Shares, y: Shares, op: str, bits: int, **kwargs: Any) -> Shares:
+    def product_truncated(
+        self,
+        x: Shares,
+        y: Shares,
+        op: str,
+        bits: int,
+        masks: tuple[Any, Any] = (None, None),
+        **kwargs: Any,
+    ) -> tuple[Shares, tuple[Any, Any]]:
         k = self.kernels
         z = self._local_product(x, y, op, kwargs)
         alpha = self._zero_sharing(k.shape(z[0]))
@@ -176,7 +184,7 @@ class ABY3Protocol(Protocol):
         names = self.parties
         inbox = self.communicator.exchange([Message(names[1], names[0], z[1])])
         a = k.add(z[0], inbox[names[1], names[0]])
-        return self._truncate_pair(a, z[2], bits)
+        return self._truncate_pair(a, z[2], bits), (None, None)
 
     def truncate(self, x: Shares, bits: int) -> Shares:
         # p0 holds x0 and x1, p2 holds x2: already a 2-out-of-2 sharing, no first round.
@@ -268,7 +276,9 @@ class ABY3Protocol(Protocol):
         # u XOR b2 = u + b2 - 2 u b2
         return self.local(lambda us, bs, ps: k.sub(k.add(us, bs), k.shift_left(ps, 1)), u, b2, ub2)
 
-    def multiply_by_bit(self, bit: Shares, xs: list[Shares]) -> tuple[list[Shares], Shares]:
+    def multiply_by_bit(
+        self, bit: Shares, xs: list[Shares], masks: list[Any] | None = None
+    ) -> tuple[list[Shares], Shares, list[Any]]:
         k = self.kernels
         arith = self.bit_to_arithmetic(bit)
         zs = []
@@ -277,4 +287,4 @@ class ABY3Protocol(Protocol):
             alpha = self._zero_sharing(k.shape(z[0]))
             zs.append([k.add(z[i], alpha[i]) for i in range(3)])
         products = self._reshare_many(zs) if zs else []
-        return products, arith
+        return products, arith, [None] * len(xs)

@@ -96,13 +96,27 @@ class Protocol(abc.ABC):
     def truncate(self, x: Shares, bits: int) -> Shares:
         """Shares of x / 2^bits (a probabilistic truncation; see the protocol's Notes)."""
 
-    def product_truncated(self, x: Shares, y: Shares, op: str, bits: int, **kwargs: Any) -> Shares:
-        """product(x, y) / 2^bits; protocols may fuse the two."""
-        return self.truncate(self.product(x, y, op, **kwargs), bits)
+    def product_truncated(
+        self,
+        x: Shares,
+        y: Shares,
+        op: str,
+        bits: int,
+        masks: tuple[Any, Any] = (None, None),
+        **kwargs: Any,
+    ) -> tuple[Shares, tuple[Any, Any]]:
+        """product(x, y) / 2^bits; protocols may fuse the two.
 
-    def square_truncated(self, x: Shares, bits: int) -> Shares:
-        """x * x / 2^bits; protocols may open fewer values than a product."""
-        return self.product_truncated(x, x, "mul", bits)
+        Args:
+            masks: Per operand, a reusable mask from an earlier operation (an
+                opaque protocol object) or None. Protocols without masks
+                ignore them.
+
+        Returns:
+            `(shares, masks)`: the masks of x and y to keep for later products
+            (None where the protocol has none).
+        """
+        return self.truncate(self.product(x, y, op, **kwargs), bits), (None, None)
 
     # -- binary sharing and conversions ----------------------------------------------------
     @abc.abstractmethod
@@ -113,12 +127,18 @@ class Protocol(abc.ABC):
     def bit_to_arithmetic(self, bit: Shares) -> Shares:
         """Arithmetic shares (integers 0/1) of a binary-shared bit."""
 
+    def negative_bit_with_mask(self, x: Shares) -> tuple[Shares, Any]:
+        """`negative_bit(x)` and a reusable mask of x if the comparison made one."""
+        return self.negative_bit(x), None
+
     @abc.abstractmethod
-    def multiply_by_bit(self, bit: Shares, xs: list[Shares]) -> tuple[list[Shares], Shares]:
+    def multiply_by_bit(
+        self, bit: Shares, xs: list[Shares], masks: list[Any] | None = None
+    ) -> tuple[list[Shares], Shares, list[Any]]:
         """x * bit for each x (bit broadcast to x's shape, no truncation).
 
         Returns:
-            `([x * bit for x in xs], bit as arithmetic shares of 0/1)`.
+            `([x * bit for x in xs], bit as arithmetic shares of 0/1, masks)`.
         """
 
     # -- helpers ------------------------------------------------------------------------------

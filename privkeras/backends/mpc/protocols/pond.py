@@ -32,9 +32,40 @@ from privkeras.backends.mpc.dealer import Dealer
 from privkeras.backends.mpc.protocols.base import PRODUCTS, Protocol, Shares
 from privkeras.backends.mpc.protocols.binary import PrefixLevel, msb_of_sum, popcount
 
-__all__ = ["PondProtocol"]
+__all__ = ["OperandMask", "PondProtocol"]
 
 Tensor = Any
+
+
+class OperandMask:
+    """A Beaver mask b of one shared value x, kept so that x is opened only once.
+
+    Holds the dealer's b, the parties' shares of b and each party's copy of
+    the opened f = x - b. Reusing b in many products is Beaver's method with
+    one opening per value (as SPDZ does for values used many times): every
+    product gets its own fresh triple c = a * b from the dealer. A mask of
+    L(x), for L linear (a transpose, reshape, slice...), is L(b) with opened
+    L(f): `derive` records L and applies it when the mask is first used.
+    """
+
+    __slots__ = ("_fn", "_resolved", "_source")
+
+    def __init__(self, value=None, shares=None, opened=None, *, source=None, fn=None):
+        self._resolved = None if source is not None else (value, tuple(shares), tuple(opened))
+        self._source, self._fn = source, fn
+
+    def resolve(self) -> tuple[Tensor, Shares, tuple[Tensor, Tensor]]:
+        """(dealer's b, shares of b, opened f as seen by party 0 and party 1)."""
+        if self._resolved is None:
+            value, shares, opened = self._source.resolve()
+            fn = self._fn
+            self._resolved = (fn(value), tuple(map(fn, shares)), tuple(map(fn, opened)))
+            self._source = self._fn = None
+        return self._resolved
+
+    def derive(self, fn) -> OperandMask:
+        """The mask of fn(x) for a ring-linear fn, computed lazily."""
+        return OperandMask(source=self, fn=fn)
 
 
 class PondProtocol(Protocol):
@@ -145,37 +176,69 @@ class PondProtocol(Protocol):
         return self.kernels.bitwise_xor(x[0], public), x[1]
 
     # -- products ------------------------------------------------------------------------
+    def _new_masks(self, values: list[Shares]) -> list[OperandMask]:
+        """Masks fresh values with dealer masks and opens them all in one round."""
+        if not values:
+            return []
+        k = self.kernels
+        made = [self.dealer.random_mask(self.shape(x)) for x in values]
+        views = self._open([self.local(k.sub, x, a) for x, (_, a) in zip(values, made)])
+        return [
+            OperandMask(value, shares, (views[0][j], views[1][j]))
+            for j, (value, shares) in enumerate(made)
+        ]
+
     def product(self, x: Shares, y: Shares, op: str, **kwargs: Any) -> Shares:
+        return self._masked_product(x, y, op, (None, None), kwargs)[0]
+
+    def product_truncated(
+        self,
+        x: Shares,
+        y: Shares,
+        op: str,
+        bits: int,
+        masks: tuple[Any, Any] = (None, None),
+        **kwargs: Any,
+    ) -> tuple[Shares, tuple[Any, Any]]:
+        z, masks = self._masked_product(x, y, op, masks, kwargs)
+        return self.truncate(z, bits), masks
+
+    def _masked_product(self, x: Shares, y: Shares, op: str, masks, kwargs):
+        """Beaver's product with masks a, b of x, y (opened once, then reused).
+
+        With e = x - a and f = y - b public, x * y = c + e * b + a * f + e * f
+        for a triple (a, b, c = a * b); party 0 adds the public e * f. Masks
+        not given are made and opened here (one round for both); when both
+        are given no communication is needed.
+        """
         k = self.kernels
         fn = PRODUCTS[op]
 
         def bilinear(a, b):
             return fn(k, a, b, **kwargs)
 
-        a, b, c = self.dealer.triple(self.shape(x), self.shape(y), bilinear)
-        views = self._open([self.local(k.sub, x, a), self.local(k.sub, y, b)])
+        mx, my = masks
+        same = x is y
+        if same:
+            my = mx = mx or my
+        missing = [v for v, m in ((x, mx), (y, my)) if m is None]
+        if same:
+            missing = missing[:1]
+        made = iter(self._new_masks(missing))
+        if mx is None:
+            mx = next(made)
+        if my is None:
+            my = mx if same else next(made)
+        a_value, a, e = mx.resolve()
+        b_value, b, f = my.resolve()
+        c = self.dealer.product_shares(a_value, b_value, bilinear)
         out = []
         for party in (0, 1):
-            e, f = views[party]
-            z = k.add(c[party], k.add(bilinear(e, b[party]), bilinear(a[party], f)))
+            z = k.add(c[party], k.add(bilinear(e[party], b[party]), bilinear(a[party], f[party])))
             if party == 0:
-                z = k.add(z, bilinear(e, f))
+                z = k.add(z, bilinear(e[party], f[party]))
             out.append(z)
-        return tuple(out)
-
-    def square_truncated(self, x: Shares, bits: int) -> Shares:
-        # x^2 = (e + a)^2 = e^2 + 2ea + a^2 with one opened value e = x - a.
-        k = self.kernels
-        a, aa = self.dealer.square_pair(self.shape(x))
-        views = self._open([self.local(k.sub, x, a)])
-        out = []
-        for party in (0, 1):
-            (e,) = views[party]
-            z = k.add(aa[party], k.shift_left(k.mul(e, a[party]), 1))
-            if party == 0:
-                z = k.add(z, k.mul(e, e))
-            out.append(z)
-        return self.truncate(tuple(out), bits)
+        return tuple(out), (mx, my)
 
     def truncate(self, x: Shares, bits: int) -> Shares:
         k = self.kernels
@@ -229,10 +292,17 @@ class PondProtocol(Protocol):
         return tuple(new_g), (tuple(new_p) if level.with_propagate else p)
 
     def negative_bit(self, x: Shares) -> Shares:
-        # Open c = x + r for an edaBit r; then x = c - r = c + NOT(r) + 1, an addition of
-        # a public word and a binary-shared word whose g and p words are local.
+        return self.negative_bit_with_mask(x)[0]
+
+    def negative_bit_with_mask(self, x: Shares) -> tuple[Shares, OperandMask]:
+        """[x < 0], and the mask of x that the comparison opened (reusable in products).
+
+        Opens c = x + r for an edaBit r; then x = c - r = c + NOT(r) + 1, an
+        addition of a public word and a binary-shared word whose g and p words
+        are local. Since x - (-r) = c, -r is a Beaver mask of x with opened c.
+        """
         k = self.kernels
-        r, r_xor = self.dealer.edabits(self.shape(x))
+        r_value, r, r_xor = self.dealer.edabits(self.shape(x))
         views = self._open([self.local(k.add, x, r)])
         ones = k.constant(-1)
         one = k.constant(1)
@@ -245,7 +315,9 @@ class PondProtocol(Protocol):
             # Carry-in 1: bit 0 generates when it generates or propagates (g, p disjoint).
             generate.append(k.bitwise_xor(g, k.bitwise_and(p, one)))
             propagate.append(p)
-        return msb_of_sum(self, tuple(generate), tuple(propagate))
+        bit = msb_of_sum(self, tuple(generate), tuple(propagate))
+        mask = OperandMask(k.neg(r_value), (k.neg(r[0]), k.neg(r[1])), (views[0][0], views[1][0]))
+        return bit, mask
 
     def bit_to_arithmetic(self, bit: Shares) -> Shares:
         k = self.kernels
@@ -259,22 +331,38 @@ class PondProtocol(Protocol):
         z = k.mul(k.sub(k.constant(1), k.shift_left(d, 1)), b_arith[party])
         return k.add(z, d) if party == 0 else z
 
-    def multiply_by_bit(self, bit: Shares, xs: list[Shares]) -> tuple[list[Shares], Shares]:
+    def multiply_by_bit(
+        self, bit: Shares, xs: list[Shares], masks: list[Any] | None = None
+    ) -> tuple[list[Shares], Shares, list[Any]]:
+        """x * bit for each x, in one round (the bit opened masked, fresh x masked).
+
+        With d = bit XOR b public (b a dealer bit), bit = d + (1 - 2d) b and
+        x * bit = d x + (1 - 2d) x b, where x b = (f + a) b = f b + [a b] for
+        the mask a of x (opened as f = x - a, now or earlier).
+        """
         k = self.kernels
-        b_xor, b_arith, masks, products = self.dealer.bit_injection(
-            self.shape(bit), [self.shape(x) for x in xs]
-        )
+        masks = list(masks or [None] * len(xs))
+        fresh = [j for j, m in enumerate(masks) if m is None]
+        made = [self.dealer.random_mask(self.shape(xs[j])) for j in fresh]
+        resolved_old = {j: masks[j].resolve() for j in range(len(xs)) if masks[j] is not None}
+        mask_values = [
+            made[fresh.index(j)][0] if j in fresh else resolved_old[j][0] for j in range(len(xs))
+        ]
+        b_xor, b_arith, ab = self.dealer.bit_products(self.shape(bit), mask_values)
         views = self._open_bits(
             [self.local(k.bitwise_xor, bit, b_xor)],
-            [self.local(k.sub, x, a) for x, a in zip(xs, masks)],
+            [self.local(k.sub, xs[j], a) for j, (_, a) in zip(fresh, made)],
         )
+        for position, (j, (value, shares)) in enumerate(zip(fresh, made)):
+            opened = (views[0][1 + position], views[1][1 + position])
+            masks[j] = OperandMask(value, shares, opened)
         outs: list[list[Tensor]] = [[] for _ in xs]
         for party in (0, 1):
-            d, *es = views[party]
+            d = views[party][0]
             one_minus_2d = k.sub(k.constant(1), k.shift_left(d, 1))
-            for j, (x, e) in enumerate(zip(xs, es)):
-                # x * bit = d x + (1 - 2d) x b, with x b = (e + a) b = e b + ab.
-                xb = k.add(k.mul(e, b_arith[party]), products[j][party])
+            for j, x in enumerate(xs):
+                _, _, f = masks[j].resolve()
+                xb = k.add(k.mul(f[party], b_arith[party]), ab[j][party])
                 outs[j].append(k.add(k.mul(d, x[party]), k.mul(one_minus_2d, xb)))
         bit_arith = tuple(self._injected(party, views[party][0], b_arith) for party in (0, 1))
-        return [tuple(o) for o in outs], bit_arith
+        return [tuple(o) for o in outs], bit_arith, masks
