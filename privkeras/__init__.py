@@ -5,7 +5,7 @@ policy at compile time: `DPSGD`, `Federated`, `MPC` or `HE` (or the
 shorthands `"dp-sgd"`, `"federated"`, `"mpc"`, `"he"`).
 """
 
-from privkeras import errors, policies
+from privkeras import errors, mpc, policies
 from privkeras.errors import (
     AuthenticationError,
     CapabilityError,
@@ -39,5 +39,6 @@ __all__ = [
     "UnsupportedLayerError",
     "__version__",
     "errors",
+    "mpc",
     "policies",
 ]
