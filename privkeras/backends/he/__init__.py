@@ -1,0 +1,42 @@
+"""Homomorphic-encryption (CKKS) inference on TenSEAL.
+
+`model.compile(privacy="he")` routes `predict` and `evaluate` here. Two roles,
+separate objects even in one process:
+
+- `HEClient` owns the secret key: it encrypts inputs and decrypts outputs.
+- `HEServer` owns the model and only public contexts (public key,
+  relinearization and Galois keys): it computes on ciphertexts.
+
+The engine chooses CKKS parameters from the model's depth, and for each batch
+the packing (`SlotLayout`) with the lowest estimated cost: many samples per
+ciphertext for throughput, one sample per ciphertext group for latency.
+"""
+
+from privkeras.backends.he.client import HEClient
+from privkeras.backends.he.context import EncryptedBatch, PublicContext
+from privkeras.backends.he.engine import HEEngine
+from privkeras.backends.he.errors import (
+    ContextMismatchError,
+    DepthExceededError,
+    HEInputError,
+    SecretKeyError,
+)
+from privkeras.backends.he.params import CKKSParameters, select_parameters
+from privkeras.backends.he.program import HEGraph, PackingSpec
+from privkeras.backends.he.server import HEServer
+
+__all__ = [
+    "CKKSParameters",
+    "ContextMismatchError",
+    "DepthExceededError",
+    "EncryptedBatch",
+    "HEClient",
+    "HEEngine",
+    "HEGraph",
+    "HEInputError",
+    "HEServer",
+    "PackingSpec",
+    "PublicContext",
+    "SecretKeyError",
+    "select_parameters",
+]

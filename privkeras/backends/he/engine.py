@@ -1,0 +1,326 @@
+"""`privacy="he"`: encrypted inference with a client and a server role in one process."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+
+from privkeras.backends.base import Engine
+from privkeras.backends.he.client import HEClient
+from privkeras.backends.he.errors import HEInputError
+from privkeras.backends.he.layout import next_power_of_two
+from privkeras.backends.he.params import CKKSParameters
+from privkeras.backends.he.server import HEServer
+from privkeras.backends.registry import register_engine
+from privkeras.errors import CapabilityError
+from privkeras.layers.polynomial import PolynomialActivation
+
+__all__ = ["HEEngine"]
+
+
+@register_engine
+class HEEngine(Engine):
+    """CKKS inference: `predict` and `evaluate` on encrypted inputs.
+
+    Each call plays both roles with separate objects, as they would be on two
+    machines: an `HEClient` (secret key) encrypts the inputs and decrypts the
+    outputs; an `HEServer` (model and public context only) computes. The
+    parameters follow from the model's depth at `compile` time; the packing
+    follows from the number of samples (`HEServer.choose_block`), or from
+    `batch_size` when given.
+
+    Training is not encrypted: train in plaintext (`compile()` without
+    `privacy`, or with `privacy=None`), then `compile(privacy="he")`.
+    """
+
+    name = "he"
+    policy_kind = "he"
+    PREDICTS = EVALUATES = True
+
+    def __init__(self, policy: Any):
+        super().__init__(policy)
+        self._server: HEServer | None = None
+        self._server_key: str | None = None
+        self._clients: dict[CKKSParameters, HEClient] = {}
+        self.last_run: dict[str, Any] = {}
+
+    # -- roles -----------------------------------------------------------------------------
+    def on_compile(self, model: Any) -> None:
+        """Converts the model and picks parameters now, so that problems show at compile."""
+        if getattr(model, "built", False) and getattr(model, "inputs", None):
+            self.server(model)
+
+    def server(self, model: Any) -> HEServer:
+        """The server role for the model's current weights (rebuilt when they change)."""
+        key = _weights_key(model)
+        if self._server is None or key != self._server_key:
+            self._server, self._server_key = HEServer(model, self.policy), key
+        return self._server
+
+    def client(self, parameters: CKKSParameters) -> HEClient:
+        """The client role (key owner) for a parameter set, created once."""
+        if parameters not in self._clients:
+            self._clients[parameters] = HEClient(parameters)
+        return self._clients[parameters]
+
+    # -- inference ---------------------------------------------------------------------------
+    def grouping(self, model: Any, n_samples: int, batch_size: int | None) -> tuple[int, int]:
+        """(block, rows per encrypted group) for `n_samples` rows."""
+        server = self.server(model)
+        if batch_size is None:
+            block = server.choose_block(n_samples)
+            return block, block
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise HEInputError(
+                f"Expected batch_size to be a positive integer or None. Received: {batch_size!r}"
+            )
+        block = min(next_power_of_two(batch_size), server.parameters.slots)
+        return block, min(batch_size, block)
+
+    def encrypted_outputs(
+        self, model: Any, x: np.ndarray, batch_size: int | None = None, on_batch: Any = None
+    ) -> np.ndarray:
+        """Encrypts `x`, evaluates it under encryption, decrypts; times each phase."""
+        server = self.server(model)
+        x = _validated(x, server.graph.input_shape)
+        _warn_outside_fitted_ranges(model, x)
+        block, chunk = self.grouping(model, len(x), batch_size)
+        spec = server.packing(block=block)
+        client = self.client(spec.parameters)
+        public = client.public_context(spec)
+        timings = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
+        outputs = []
+        for step, start in enumerate(range(0, len(x), chunk)):
+            if on_batch is not None:
+                on_batch("begin", step, None)
+            t0 = time.perf_counter()
+            encrypted = client.encrypt(x[start : start + chunk], spec)
+            t1 = time.perf_counter()
+            result = server.evaluate(encrypted, public)
+            t2 = time.perf_counter()
+            y = client.decrypt(result, spec).astype(np.float32)
+            t3 = time.perf_counter()
+            for phase, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2)):
+                timings[phase] += seconds
+            outputs.append(y)
+            if on_batch is not None:
+                on_batch("end", step, y)
+        self.last_run = {
+            "samples": len(x),
+            "block": block,
+            "groups": len(outputs),
+            **{f"{phase}_seconds": seconds for phase, seconds in timings.items()},
+        }
+        return np.concatenate(outputs, axis=0)
+
+    def predict(
+        self,
+        model: Any,
+        x: Any,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        steps: int | None = None,
+        callbacks: Any = None,
+    ) -> np.ndarray:
+        """Encrypted inference; returns the decrypted outputs as Keras's `predict` does.
+
+        Args:
+            model: The compiled model.
+            x: Inputs, `(n, *input_shape)` (numpy array or tensor).
+            batch_size: Samples per encrypted group; None picks the fastest
+                packing for `len(x)` (SIMD batching for many samples, the
+                single-sample layout for one).
+            verbose: 0, 1, 2 or "auto": a Keras progress bar over groups.
+            steps: Number of groups to run (None: all).
+            callbacks: Keras callbacks, called as by `keras.Model.predict`.
+
+        Raises:
+            UnsupportedLayerError: For a layer without an HE version.
+            DepthExceededError: For a model too deep for the allowed parameters.
+            HEInputError: Wrong shape, NaN or infinite inputs.
+        """
+        values = _as_array(x)
+        server = self.server(model)
+        values = _validated(values, server.graph.input_shape)
+        _, chunk = self.grouping(model, len(values), batch_size)
+        if steps is not None:
+            values = values[: steps * chunk]
+        callback_list = _callback_list(callbacks, model, verbose, math.ceil(len(values) / chunk))
+        callback_list.on_predict_begin()
+
+        def on_batch(event: str, step: int, outputs: np.ndarray | None) -> None:
+            if event == "begin":
+                callback_list.on_predict_batch_begin(step)
+            else:
+                callback_list.on_predict_batch_end(step, {"outputs": outputs})
+
+        predictions = self.encrypted_outputs(model, values, batch_size, on_batch)
+        callback_list.on_predict_end()
+        return predictions
+
+    def evaluate(
+        self,
+        model: Any,
+        x: Any = None,
+        y: Any = None,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        sample_weight: Any = None,
+        steps: int | None = None,
+        callbacks: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """Encrypted inference, then the compiled loss and metrics on the decrypted outputs.
+
+        The loss and metrics are Keras's own objects (`compile(loss=...,
+        metrics=...)`), computed by the client on what it decrypted. Returns
+        what `keras.Model.evaluate` returns.
+        """
+        if sample_weight is not None:
+            raise CapabilityError(f"Engine {self.name!r} does not support sample_weight.")
+        values = _as_array(x)
+        server = self.server(model)
+        values = _validated(values, server.graph.input_shape)
+        targets = np.asarray(_as_array(y))
+        if len(targets) != len(values):
+            raise HEInputError(
+                f"Expected x and y with the same number of rows. Received: {len(values)} "
+                f"and {len(targets)}"
+            )
+        _, chunk = self.grouping(model, len(values), batch_size)
+        if steps is not None:
+            values, targets = values[: steps * chunk], targets[: steps * chunk]
+        callback_list = _callback_list(callbacks, model, verbose, math.ceil(len(values) / chunk))
+        callback_list.on_test_begin()
+        model.reset_metrics()
+        loss_tracker = keras.metrics.Mean(name="loss")
+        results: dict[str, Any] = {}
+        offset = 0
+
+        def on_batch(event: str, step: int, outputs: np.ndarray | None) -> None:
+            nonlocal results, offset
+            if event == "begin":
+                callback_list.on_test_batch_begin(step)
+                return
+            y_true = keras.ops.convert_to_tensor(targets[offset : offset + len(outputs)])
+            offset += len(outputs)
+            y_pred = keras.ops.convert_to_tensor(outputs)
+            loss = model.compute_loss(y=y_true, y_pred=y_pred, training=False)
+            loss_tracker.update_state(loss, sample_weight=len(outputs))
+            results = dict(model.compute_metrics(None, y_true, y_pred))
+            results["loss"] = loss_tracker.result()
+            callback_list.on_test_batch_end(step, _as_floats(results))
+
+        self.encrypted_outputs(model, values, batch_size, on_batch)
+        logs = _as_floats({"loss": results.pop("loss"), **results})
+        callback_list.on_test_end(logs)
+        if return_dict:
+            return logs
+        ordered = list(logs.values())
+        return ordered[0] if len(ordered) == 1 else ordered
+
+    def fit(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        raise CapabilityError(
+            "Engine 'he' runs inference only: train in plaintext (compile without privacy), "
+            "then compile(privacy='he') to predict and evaluate under encryption."
+        )
+
+    def report(self) -> dict[str, Any]:
+        """Policy, chosen parameters and depth, and the timings of the last run."""
+        report = super().report()
+        if self._server is not None:
+            report.update(
+                {
+                    "parameters": self._server.parameters.get_config(),
+                    "depth": self._server.depth,
+                }
+            )
+        return {**report, "last_run": dict(self.last_run)}
+
+
+def _weights_key(model: Any) -> str:
+    digest = hashlib.sha256(str(id(model)).encode())
+    for layer in model.layers:
+        digest.update(layer.name.encode())
+        for weight in layer.get_weights():
+            digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if x is None:
+        raise HEInputError("Expected input data. Received: None")
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(x))
+    except Exception as error:  # datasets, generators, ragged data...
+        raise HEInputError(
+            f"Expected an array or tensor of inputs. Received: {type(x).__name__} ({error})"
+        ) from None
+
+
+def _validated(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        values = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise HEInputError(f"Expected numeric inputs. Received: {error}") from None
+    expected = "(n, " + ", ".join(map(str, input_shape)) + ")"
+    if values.ndim != len(input_shape) + 1 or values.shape[1:] != tuple(input_shape):
+        raise HEInputError(f"Expected inputs of shape {expected}. Received: shape {values.shape}")
+    if len(values) == 0:
+        raise HEInputError(f"Expected at least one sample of shape {expected}. Received: 0")
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        raise HEInputError(
+            f"Expected finite inputs. Received: NaN or infinite values in rows "
+            f"{np.nonzero(bad)[0][:10].tolist()}"
+        )
+    return values
+
+
+def _warn_outside_fitted_ranges(model: Any, x: np.ndarray) -> None:
+    """Warns when a PolynomialActivation sees inputs outside the range it was fitted on.
+
+    In one process the caller holds both the data and the model, so this is
+    checked in plaintext before encrypting. A remote client cannot run it.
+    """
+    layers = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, PolynomialActivation) and layer.input_range is not None
+    ]
+    if not layers:
+        return
+    values = x.astype(np.float32)
+    for layer in model.layers:
+        if layer in layers:
+            low, high = float(values.min()), float(values.max())
+            fitted_low, fitted_high = layer.input_range
+            if low < fitted_low or high > fitted_high:
+                warnings.warn(
+                    f"Inputs of PolynomialActivation layer {layer.name!r} reach [{low:.4g}, "
+                    f"{high:.4g}], outside the range [{fitted_low:g}, {fitted_high:g}] its "
+                    f"{layer.function!r} polynomial was fitted on: outputs there diverge from "
+                    f"{layer.function!r}. Widen input_range (and retrain) or normalize inputs.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        values = keras.ops.convert_to_numpy(layer(values))
+
+
+def _callback_list(callbacks: Any, model: Any, verbose: Any, steps: int) -> Any:
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    verbose = 1 if verbose == "auto" else int(verbose)
+    return keras.callbacks.CallbackList(
+        callbacks, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=1, steps=steps
+    )
+
+
+def _as_floats(logs: dict[str, Any]) -> dict[str, float]:
+    return {name: float(keras.ops.convert_to_numpy(value)) for name, value in logs.items()}

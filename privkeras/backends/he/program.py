@@ -1,0 +1,274 @@
+"""From a Keras model to an encrypted program, and the public packing spec clients follow.
+
+`HEGraph.from_model` converts each layer through the HE layer registry and
+optimizes the steps (`steps.optimize`): it knows the multiplicative depth
+before any parameter, key or ciphertext exists. `HEGraph.pack(slots, block)`
+lays the steps out for one packing (`layout.SlotLayout`) as a
+`PackedProgram`; its `spec()` is what a client needs to encrypt inputs and
+decode outputs: layouts and rotation steps, never a weight.
+
+When the model starts with a convolution, the client sends im2col patches
+(`steps.Im2col`) instead of the image: the server then computes the
+convolution with scalar multiply-adds, one per kernel element and filter,
+without rotations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from privkeras.backends.he.ckks import CiphertextOps
+from privkeras.backends.he.layers import convert_layer
+from privkeras.backends.he.layout import SlotLayout
+from privkeras.backends.he.linear_transform import LinearTransform
+from privkeras.backends.he.params import CKKSParameters
+from privkeras.backends.he.polynomial import PolynomialEvaluator
+from privkeras.backends.he.steps import AffineStep, PolynomialStep, Step, optimize, step_depth
+from privkeras.errors import UnsupportedLayerError
+
+__all__ = ["HEGraph", "PackedProgram", "PackingSpec"]
+
+
+class HEGraph:
+    """A model as optimized affine and polynomial steps (see `steps`).
+
+    Args:
+        steps: Optimized steps.
+        input_shape: Shape of one input sample.
+        output_shape: Shape of one output sample.
+    """
+
+    def __init__(
+        self, steps: list[Step], input_shape: tuple[int, ...], output_shape: tuple[int, ...]
+    ):
+        self.steps = steps
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
+        self.depth = sum(step_depth(step) for step in steps)
+
+    @classmethod
+    def from_model(cls, model: Any) -> HEGraph:
+        """Converts a built Keras `Sequential` model.
+
+        Raises:
+            UnsupportedLayerError: For the first layer without an HE version,
+                naming it and suggesting `PolynomialActivation`.
+        """
+        try:
+            input_shape = tuple(int(d) for d in model.input_shape[1:])
+        except (AttributeError, ValueError, TypeError) as error:
+            raise UnsupportedLayerError(
+                "The 'he' engine needs a built model with a fixed input shape: start the "
+                "model with keras.Input(shape). Received: a model without a known input shape"
+            ) from error
+        steps: list[Step] = []
+        shape = input_shape
+        for layer in model.layers:
+            new_steps = convert_layer(layer, shape)
+            for step in new_steps:
+                shape = step.out_shape if isinstance(step, AffineStep) else step.shape
+            steps.extend(new_steps)
+        return cls(optimize(steps), input_shape, shape)
+
+    @property
+    def n_inputs(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def n_outputs(self) -> int:
+        return math.prod(self.output_shape)
+
+    def activation_ranges(self) -> list[tuple[str, tuple[float, float]]]:
+        """`(layer name, input range)` of each polynomial fitted on a range."""
+        return [
+            (s.layer, s.input_range)
+            for s in self.steps
+            if isinstance(s, PolynomialStep) and s.input_range is not None
+        ]
+
+    def fingerprint(self) -> str:
+        """A hash of the weights and structure (specs and ciphertexts are bound to it)."""
+        digest = hashlib.sha256(repr((self.input_shape, self.output_shape)).encode())
+        for step in self.steps:
+            arrays = (
+                (step.matrix, step.bias) if isinstance(step, AffineStep) else (step.coefficients,)
+            )
+            digest.update(type(step).__name__.encode())
+            for array in arrays:
+                digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+    def pack(self, slots: int, block: int, zero_threshold: float = 0.0) -> PackedProgram:
+        return PackedProgram(self, slots, block, zero_threshold)
+
+
+class PackedProgram:
+    """An `HEGraph` laid out for `block` samples per block of `slots`-slot ciphertexts."""
+
+    def __init__(self, graph: HEGraph, slots: int, block: int, zero_threshold: float = 0.0):
+        if block < 1 or block > slots or block & (block - 1):
+            raise ValueError(f"Expected block a power of two in [1, {slots}]. Received: {block}")
+        self.graph, self.slots, self.block = graph, slots, block
+        steps = list(graph.steps)
+        first = steps[0] if steps else None
+        conv = first.im2col if isinstance(first, AffineStep) else None
+        if conv is not None:
+            self.input_gather = conv.gather.reshape(-1)
+            layout = SlotLayout.grouped(conv.gather.shape[0], conv.positions, slots, block)
+            filters = conv.filters
+            conv_out = SlotLayout.grouped(
+                filters,
+                conv.positions,
+                slots,
+                block,
+                merge_groups=True,
+                feature=lambda f, p: p * filters + f,
+            )
+            steps[0] = dataclasses.replace(
+                first, matrix=conv.patch_matrix(), bias=np.tile(conv.bias, conv.positions)
+            )
+        else:
+            self.input_gather = np.arange(graph.n_inputs)
+            layout = SlotLayout.vector(graph.n_inputs, slots, block)
+        self.input_layout = layout
+        self.stages: list[LinearTransform | PolynomialEvaluator] = []
+        for i, step in enumerate(steps):
+            if isinstance(step, AffineStep):
+                out = (
+                    conv_out
+                    if (i == 0 and conv is not None)
+                    else SlotLayout.vector(step.matrix.shape[0], slots, block)
+                )
+                self.stages.append(
+                    LinearTransform(step.matrix, step.bias, layout, out, zero_threshold)
+                )
+                layout = out
+            else:
+                self.stages.append(PolynomialEvaluator(step.coefficients, zero_threshold))
+        self.output_layout = layout
+
+    @property
+    def depth(self) -> int:
+        return self.graph.depth
+
+    @property
+    def rotation_steps(self) -> set[int]:
+        steps: set[int] = set()
+        for stage in self.stages:
+            if isinstance(stage, LinearTransform):
+                steps |= stage.rotation_steps
+        return steps
+
+    def apply(self, ops: CiphertextOps, ciphertexts: list[Any]) -> list[Any]:
+        """Runs every stage; returns the output ciphertexts."""
+        for stage in self.stages:
+            if isinstance(stage, LinearTransform):
+                ciphertexts = stage.apply(ops, ciphertexts)
+            else:
+                ciphertexts = [stage.apply(ops, ct) for ct in ciphertexts]
+        return ciphertexts
+
+    def release_plaintexts(self) -> None:
+        for stage in self.stages:
+            if isinstance(stage, LinearTransform):
+                stage.release_plaintexts()
+
+    def spec(self, parameters: CKKSParameters) -> PackingSpec:
+        return PackingSpec(
+            parameters=parameters,
+            input_shape=self.graph.input_shape,
+            output_shape=self.graph.output_shape,
+            input_gather=self.input_gather,
+            input_layout=self.input_layout,
+            output_layout=self.output_layout,
+            rotation_steps=tuple(sorted(self.rotation_steps)),
+            model_id=self.graph.fingerprint(),
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PackingSpec:
+    """What a client needs to encrypt inputs for a server and decode its outputs.
+
+    It carries layouts and rotation steps, no weight. Serialize with
+    `to_bytes` / `from_bytes` to hand it to a client on another machine.
+
+    Args:
+        parameters: The CKKS parameters to generate keys with.
+        input_shape: Shape of one input sample.
+        output_shape: Shape of one output sample.
+        input_gather: Flat input index of each encoded input feature (-1: zero);
+            im2col patches for a first convolution, the identity otherwise.
+        input_layout: Slot layout of the encoded input features.
+        output_layout: Slot layout of the outputs.
+        rotation_steps: Rotations the server performs (Galois keys needed).
+        model_id: Fingerprint of the model the spec was made for.
+    """
+
+    parameters: CKKSParameters
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    input_gather: np.ndarray
+    input_layout: SlotLayout
+    output_layout: SlotLayout
+    rotation_steps: tuple[int, ...]
+    model_id: str
+
+    @property
+    def block(self) -> int:
+        """Samples per ciphertext group: at most this many rows per `encrypt` call."""
+        return self.input_layout.block
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.get_config(), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
+
+    def encode_inputs(self, x: np.ndarray) -> np.ndarray:
+        """`(n <= block, *input_shape)` -> `(n_ciphertexts, slots)` slot values."""
+        flat = np.asarray(x, np.float64).reshape(len(x), -1)
+        padded = np.concatenate([flat, np.zeros((len(flat), 1))], axis=1)
+        return self.input_layout.pack(padded[:, self.input_gather])
+
+    def decode_outputs(self, slot_values: np.ndarray, n_samples: int) -> np.ndarray:
+        out = self.output_layout.unpack(slot_values, n_samples)
+        return out.reshape(n_samples, *self.output_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "parameters": self.parameters.get_config(),
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "input_gather": np.asarray(self.input_gather).tolist(),
+            "input_layout": self.input_layout.get_config(),
+            "output_layout": self.output_layout.get_config(),
+            "rotation_steps": list(self.rotation_steps),
+            "model_id": self.model_id,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PackingSpec:
+        return cls(
+            parameters=CKKSParameters.from_config(config["parameters"]),
+            input_shape=tuple(config["input_shape"]),
+            output_shape=tuple(config["output_shape"]),
+            input_gather=np.asarray(config["input_gather"], np.int64),
+            input_layout=SlotLayout.from_config(config["input_layout"]),
+            output_layout=SlotLayout.from_config(config["output_layout"]),
+            rotation_steps=tuple(config["rotation_steps"]),
+            model_id=config["model_id"],
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.get_config(), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PackingSpec:
+        return cls.from_config(json.loads(data.decode()))

@@ -1,0 +1,200 @@
+"""The server role: holds the model and public contexts, computes on ciphertexts."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from privkeras.backends.he.ckks import chain_primes
+from privkeras.backends.he.context import EncryptedBatch, PublicContext
+from privkeras.backends.he.cost import program_cost
+from privkeras.backends.he.errors import ContextMismatchError, SecretKeyError
+from privkeras.backends.he.layout import next_power_of_two
+from privkeras.backends.he.params import CKKSParameters, select_parameters
+from privkeras.backends.he.program import HEGraph, PackedProgram, PackingSpec
+from privkeras.policies import HE
+
+__all__ = ["HEServer"]
+
+
+class HEServer:
+    """Model owner: evaluates a Keras model on ciphertexts with public keys only.
+
+    Building the server converts the model (`UnsupportedLayerError` for a
+    layer without an HE version) and chooses the CKKS parameters from its
+    depth (`DepthExceededError` when it is too deep), before any key exists.
+
+    Args:
+        model: A built Keras `Sequential` (for example a `PrivateSequential`).
+        policy: An `privkeras.HE` policy (ring degree, scale, security), or None
+            for the defaults.
+        max_programs: Packed programs (one per block size) kept with their
+            encoded weights.
+
+    Example:
+
+    ```python
+    server = HEServer(model, pk.HE())
+    spec = server.packing(n_samples=len(x))   # public: send it to the client
+    outputs = server.evaluate(encrypted_inputs, public_context)
+    ```
+    """
+
+    has_secret_key = False
+
+    def __init__(self, model: Any, policy: HE | None = None, max_programs: int = 4):
+        policy = policy if policy is not None else HE()
+        self.graph = HEGraph.from_model(model)
+        self.parameters: CKKSParameters = select_parameters(
+            self.graph.depth,
+            policy.poly_modulus_degree,
+            policy.scale_bits,
+            policy.security_level,
+        )
+        self._primes = chain_primes(
+            self.parameters.poly_modulus_degree, self.parameters.coeff_mod_bit_sizes
+        )
+        self._zero = 2.0 ** -(self.parameters.scale_bits + 1)
+        self._programs: collections.OrderedDict[int, PackedProgram] = collections.OrderedDict()
+        self._specs: dict[str, int] = {}
+        self._best_block: dict[int, int] = {}
+        self._max_programs = max_programs
+
+    @property
+    def depth(self) -> int:
+        """Multiplicative depth of the model."""
+        return self.graph.depth
+
+    # -- packing -------------------------------------------------------------------------
+    def program(self, block: int) -> PackedProgram:
+        """The model packed with `block` samples per block (cached)."""
+        if block not in self._programs:
+            program = self.graph.pack(self.parameters.slots, block, self._zero)
+            self._programs[block] = program
+            self._specs[program.spec(self.parameters).fingerprint] = block
+            while len(self._programs) > self._max_programs:
+                self._programs.popitem(last=False)[1].release_plaintexts()
+        self._programs.move_to_end(block)
+        return self._programs[block]
+
+    def choose_block(self, n_samples: int) -> int:
+        """The block size with the lowest estimated time for `n_samples` (see `cost`)."""
+        if n_samples not in self._best_block:
+            slots = self.parameters.slots
+            smallest = max(1, min(next_power_of_two(n_samples), slots) // 16)
+            costs = {}
+            block = smallest
+            while block <= slots:
+                program = self.graph.pack(slots, block, self._zero)
+                costs[block] = program_cost(program, self._primes, self.parameters, n_samples)
+                block *= 2
+            self._best_block[n_samples] = min(costs, key=costs.get)
+        return self._best_block[n_samples]
+
+    def packing(self, n_samples: int | None = None, block: int | None = None) -> PackingSpec:
+        """The public spec clients encrypt with.
+
+        Args:
+            n_samples: Choose the fastest packing for this many samples.
+            block: Or fix the samples per block (a power of two up to N/2):
+                1 gives the single-sample latency path, N/2 feature-major SIMD.
+        """
+        if block is None:
+            block = self.choose_block(1 if n_samples is None else int(n_samples))
+        return self.program(block).spec(self.parameters)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, batch: EncryptedBatch, context: PublicContext) -> EncryptedBatch:
+        """Runs the model on encrypted inputs; the result stays encrypted.
+
+        Raises:
+            SecretKeyError: When handed anything that holds a secret key.
+            ContextMismatchError: Ciphertexts under another context or spec, or
+                a context without the Galois keys the packing needs.
+        """
+        program = self._checked(batch, context)
+        ops = context.ops()
+        outputs = program.apply(ops, batch.ciphertexts)
+        return EncryptedBatch(outputs, batch.n_samples, "outputs", batch.spec_id, batch.context_id)
+
+    def _checked(self, batch: EncryptedBatch, context: PublicContext) -> PackedProgram:
+        if not isinstance(context, PublicContext):
+            if (
+                getattr(context, "has_secret_key", False)
+                or getattr(context, "is_private", lambda: False)()
+            ):
+                raise SecretKeyError(
+                    "Expected a PublicContext. Received: an object holding the secret key; "
+                    "a server must never hold it (send client.public_context(spec))"
+                )
+            raise ContextMismatchError(
+                f"Expected a PublicContext. Received: {type(context).__name__}"
+            )
+        if context.parameters != self.parameters:
+            raise ContextMismatchError(
+                f"Expected a context for {self.parameters}. Received: {context.parameters}"
+            )
+        if not isinstance(batch, EncryptedBatch) or batch.role != "inputs":
+            raise ContextMismatchError(
+                "Expected an EncryptedBatch of inputs from HEClient.encrypt. Received: "
+                f"{getattr(batch, 'role', type(batch).__name__)!r}"
+            )
+        if batch.context_id != context.fingerprint:
+            raise ContextMismatchError(
+                f"Expected ciphertexts under the given context ({context.fingerprint}). "
+                f"Received: ciphertexts under {batch.context_id}, another key pair"
+            )
+        if batch.spec_id not in self._specs:
+            raise ContextMismatchError(
+                f"Expected ciphertexts packed with a spec from this server "
+                f"({sorted(self._specs)}). Received: spec {batch.spec_id}"
+            )
+        program = self.program(self._specs[batch.spec_id])
+        missing = program.rotation_steps - context.rotation_steps
+        if missing:
+            raise ContextMismatchError(
+                f"Expected Galois keys for rotation steps {sorted(program.rotation_steps)}. "
+                f"Received: a context without {sorted(missing)}; build it with "
+                f"client.public_context(spec)"
+            )
+        self._check_ciphertexts(batch, context, program)
+        return program
+
+    @staticmethod
+    def _check_ciphertexts(
+        batch: EncryptedBatch, context: PublicContext, program: PackedProgram
+    ) -> None:
+        import tenseal.sealapi as sealapi
+
+        if len(batch.ciphertexts) != program.input_layout.n_ciphertexts:
+            raise ContextMismatchError(
+                f"Expected {program.input_layout.n_ciphertexts} input ciphertexts. "
+                f"Received: {len(batch.ciphertexts)}"
+            )
+        top = tuple(context.seal_context.first_parms_id())
+        for ct in batch.ciphertexts:
+            if (
+                not sealapi.is_metadata_valid_for(ct, context.seal_context)
+                or tuple(ct.parms_id()) != top
+            ):
+                raise ContextMismatchError(
+                    "Expected fresh ciphertexts for these encryption parameters. Received: a "
+                    "ciphertext made under other parameters or already evaluated"
+                )
+
+    def decrypt(self, *args: Any, **kwargs: Any) -> Any:
+        """Always raises: the server holds no secret key.
+
+        Raises:
+            SecretKeyError: Always.
+        """
+        raise SecretKeyError(
+            "HEServer holds no secret key and cannot decrypt: only the HEClient that made "
+            "the keys can. Send the EncryptedBatch back to it."
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"HEServer(depth={self.depth}, N={self.parameters.poly_modulus_degree}, "
+            f"scale=2^{self.parameters.scale_bits})"
+        )
