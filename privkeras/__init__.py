@@ -6,6 +6,7 @@ shorthands `"dp-sgd"`, `"federated"`, `"mpc"`, `"he"`).
 """
 
 from privkeras import errors, mpc, policies
+from privkeras.backends.mpc.shared_data import SharedData
 from privkeras.errors import (
     AuthenticationError,
     CapabilityError,
@@ -36,6 +37,7 @@ __all__ = [
     "PrivacyPolicyError",
     "PrivateSequential",
     "PrivkerasError",
+    "SharedData",
     "UnsupportedLayerError",
     "__version__",
     "errors",

@@ -5,8 +5,11 @@ Engines are imported here, and only here, so that the model reaches them
 through `privkeras.backends.registry` alone.
 """
 
-from privkeras.backends import he  # noqa: F401  (registers the HE engine)
-from privkeras.backends import plaintext  # noqa: F401  (registers the engine)
+from privkeras.backends import (
+    he,  # noqa: F401  (registers the HE engine)
+    mpc,  # noqa: F401  (registers the MPC engines)
+    plaintext,  # noqa: F401  (registers the engine)
+)
 from privkeras.backends.base import Engine
 from privkeras.backends.registry import (
     available_engines,

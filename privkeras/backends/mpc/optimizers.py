@@ -112,7 +112,12 @@ def get_optimizer(optimizer: Any, engine: str) -> SecureSGD:
         CapabilityError: For an optimizer other than `keras.optimizers.SGD`,
             or SGD with an option the secure version does not implement.
     """
-    if type(optimizer) is not keras.optimizers.SGD:
+    # Keras's own SGD (some Keras backends use a backend subclass of it); a user
+    # subclass may change the update rule, so it is refused.
+    keras_sgd = isinstance(optimizer, keras.optimizers.SGD) and type(
+        optimizer
+    ).__module__.startswith("keras.")
+    if not keras_sgd:
         received = type(optimizer).__name__ if optimizer is not None else None
         raise CapabilityError(
             f"Engine {engine!r} trains with keras.optimizers.SGD (momentum and Nesterov "

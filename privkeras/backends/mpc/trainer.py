@@ -103,8 +103,17 @@ def _plan(engine: MPCEngine, model: Any, x: Any, y: Any, options: dict[str, Any]
 
 
 def _batches(sizes: tuple[int, ...], batch_size: int) -> list[list[tuple[int, int, int]]]:
-    """Per step, `(owner, start, stop)` row ranges: every batch takes from every owner."""
+    """Per step, `(owner, start, stop)` row ranges.
+
+    One owner: Keras's batches (`batch_size` rows, the remainder last). Several
+    owners: every batch takes rows from every owner, in proportion to its size.
+    """
     steps = max(1, math.ceil(sum(sizes) / batch_size))
+    if len(sizes) == 1:
+        return [
+            [(0, start, min(start + batch_size, sizes[0]))]
+            for start in range(0, sizes[0], batch_size)
+        ]
     bounds = [np.linspace(0, size, steps + 1).round().astype(int) for size in sizes]
     return [
         [
@@ -143,9 +152,9 @@ def _train_step(
     grads = program.backward(delta, caches, params)
     trainable = {
         (index, name): tensor
-        for index, layer in enumerate(program.layers)
-        for name, tensor in grads[index].items()
-        if name in layer.variables
+        for index, layer_grads in enumerate(grads)
+        for name, tensor in layer_grads.items()
+        if name in program.layers[index].variables
     }
     flat = {
         (i, name): t for i, layer_params in enumerate(params) for name, t in layer_params.items()

@@ -157,9 +157,11 @@ def lower_conv2d(layer: keras.layers.Conv2D, context: LoweringContext) -> list[S
     kernel = keras.ops.convert_to_numpy(layer.kernel)
     bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else None
     output_shape = tuple(layer.compute_output_shape((None, *context.input_shape))[1:])
-    variables = {"kernel": layer.kernel}
-    if layer.use_bias:
-        variables["bias"] = layer.bias
+    variables = {}  # a frozen layer (trainable=False) is not updated
+    if layer.trainable:
+        variables["kernel"] = layer.kernel
+        if layer.use_bias:
+            variables["bias"] = layer.bias
     conv = SecureConv2D(
         layer.name,
         context.input_shape,

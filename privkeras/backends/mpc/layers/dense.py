@@ -110,8 +110,10 @@ def lower_dense(layer: keras.layers.Dense, context: LoweringContext) -> list[Sec
         raise unsupported(layer, context, "LoRA-enabled Dense layers are not supported")
     kernel = keras.ops.convert_to_numpy(layer.kernel)
     bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else None
-    variables = {"kernel": layer.kernel}
-    if layer.use_bias:
-        variables["bias"] = layer.bias
+    variables = {}  # a frozen layer (trainable=False) is not updated
+    if layer.trainable:
+        variables["kernel"] = layer.kernel
+        if layer.use_bias:
+            variables["bias"] = layer.bias
     dense = SecureDense(layer.name, context.input_shape, kernel, bias, variables)
     return [dense, *activation_layers(layer, layer.activation, dense.output_shape, context)]

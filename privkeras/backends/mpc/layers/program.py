@@ -151,14 +151,15 @@ class SecureProgram:
     def backward(
         self, grad: SharedTensor, caches: list[Any], params: SharedParams
     ) -> list[dict[str, SharedTensor]]:
-        """Back-propagates from the output of layer `len(caches) - 1` to the input.
+        """Back-propagates from the output of layer `len(caches) - 1` down to the first
+        trainable layer (nothing below it needs a gradient).
 
         Returns:
             Parameter gradients per layer (empty dicts for layers without).
         """
         grads: list[dict[str, SharedTensor]] = [{} for _ in caches]
         first_trainable = next(
-            (i for i, layer in enumerate(self.layers) if layer.params), len(caches)
+            (i for i, layer in enumerate(self.layers) if layer.trainable), len(caches)
         )
         for index in range(len(caches) - 1, first_trainable - 1, -1):
             layer = self.layers[index]
