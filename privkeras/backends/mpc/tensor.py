@@ -310,10 +310,12 @@ class SharedTensor:
         self._keep_mask(mask)
         return bit
 
-    def _times_bit(self, bit, tensors: Sequence[SharedTensor]) -> tuple[list[SharedTensor], tuple]:
-        """[t * bit for t in tensors] (no truncation) and the bit as integer shares."""
+    def _times_bit(
+        self, bit, tensors: Sequence[SharedTensor], with_bit: bool = False
+    ) -> tuple[list[SharedTensor], tuple | None]:
+        """[t * bit for t in tensors] (no truncation), and the bit as integer shares if asked."""
         products, arith, masks = self._protocol.multiply_by_bit(
-            bit, [t.shares for t in tensors], [t._mask for t in tensors]
+            bit, [t.shares for t in tensors], [t._mask for t in tensors], with_bit=with_bit
         )
         for tensor, mask in zip(tensors, masks):
             tensor._keep_mask(mask)
@@ -344,7 +346,7 @@ class SharedTensor:
     def relu_with_derivative(self) -> tuple[SharedTensor, SharedTensor]:
         """(relu(x), drelu(x)) from one comparison, for backpropagation."""
         k, f = self._k, self.runtime.codec.precision_bits
-        (product,), arith = self._times_bit(self._positive_bit(), [self])
+        (product,), arith = self._times_bit(self._positive_bit(), [self], with_bit=True)
         return product, self._new(tuple(k.shift_left(s, f) for s in arith))
 
     def _less_than(self, other: Any) -> SharedTensor:

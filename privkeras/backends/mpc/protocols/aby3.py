@@ -17,21 +17,28 @@ Notes:
     alpha_i = F(k_i) - F(k_{i+1}) (XOR for binary). The alphas sum to zero
     and each looks uniform to every other single party.
 
-    Truncation follows ABY3's Pi_trunc1 (section 5.1.1): the 3-out-of-3
-    product z0 + z1 + z2 becomes the 2-out-of-2 sharing (z0 + z1, z2) of
-    parties p0 and p2 (p1 sends z1 to p0), which truncate locally as in
-    SecureML; the result is re-shared as (A' - r, r, B') with r drawn from
-    the key of p0 and p1. A product with truncation costs 2 rounds; the
-    failure probability is SecureML's, at most (|x| + 1) / 2^64 for the ring
-    value x being truncated, i.e. |v| * 2^(2f - 64) for a product v of two
-    reals at scale 2^f (|v| * 2^-32 at f = 16); otherwise the error is at
-    most 1 ulp.
+    Truncation follows the structure of ABY3's Pi_trunc2 (section 5.1.2):
+    the parties open D = z - r for a random r whose truncation r >> f they
+    hold shared, and set z >> f ~ (D >> f) + (r >> f). ABY3 makes the pair
+    (r, r >> f) with a binary circuit; here, as in the preprocessing of
+    ASTRA (Chaudhari et al., CCSW 2019), the helper p2 makes it from keys it
+    shares with p0 and p1 and sends one share (input-independent, counted
+    offline), and D is opened to p0 and p1 only. Security still needs only
+    that at most one party is corrupted: p2 knows r but never sees D; p0 and
+    p1 see D but each misses one part of r. A truncated product costs one
+    round (p0, p1 send 8 bytes per element, p2 sends 16). The result is
+    within 1 ulp of x / 2^f unless z - r wraps around, which happens with
+    probability at most (|z| + 1) / 2^64 for the ring value z being
+    truncated: |v| * 2^(2f - 64) for a product v of two reals at scale 2^f
+    (|v| * 2^-32 at f = 16), as for SecureML's truncation.
 
     Comparisons: the three components are three addends known to two
     parties each; a full-adder layer (one AND round) turns them into two
     addends, and the Kogge-Stone circuit (section 5.3) finds the sign bit
-    in 7 more AND rounds. Bits return to arithmetic sharing in 2 rounds
-    (p0 re-shares x0 XOR x1, then one product with x2).
+    in 7 more AND rounds, re-sharing only the carry bits the sign needs.
+    A value times a shared bit b = u XOR b2 (u = b0 XOR b1 known to p0, b2
+    to p1 and p2) costs 2 rounds: x b = (x - 2 x b2) u + x b2, where x b2
+    is local to p1 and p2 and p0 shares u in the first round.
 """
 
 from __future__ import annotations
@@ -179,30 +186,64 @@ class ABY3Protocol(Protocol):
         k = self.kernels
         z = self._local_product(x, y, op, kwargs)
         alpha = self._zero_sharing(k.shape(z[0]))
-        z = [k.add(z[i], alpha[i]) for i in range(3)]
-        # Round 1: p1 sends z1 to p0, which now holds A = z0 + z1; p2 holds B = z2.
-        names = self.parties
-        inbox = self.communicator.exchange([Message(names[1], names[0], z[1])])
-        a = k.add(z[0], inbox[names[1], names[0]])
-        return self._truncate_pair(a, z[2], bits), (None, None)
+        return self._truncate_3of3([k.add(z[i], alpha[i]) for i in range(3)], bits), (None, None)
 
     def truncate(self, x: Shares, bits: int) -> Shares:
-        # p0 holds x0 and x1, p2 holds x2: already a 2-out-of-2 sharing, no first round.
-        return self._truncate_pair(self.kernels.add(x[0], x[1]), x[2], bits)
+        # Party i's own component is a 3-out-of-3 sharing of x (already random).
+        return self._truncate_3of3(list(x), bits)
 
-    def _truncate_pair(self, a: Tensor, b: Tensor, bits: int) -> Shares:
-        """Truncates p0's A and p2's B locally, then re-shares as (A' - r, r, B') in one round."""
+    def _truncation_pair(self, shape, bits: int) -> tuple[list[Tensor], Shares]:
+        """The helper p2's pair (r, ceil(r / 2^bits)): r 3-out-of-3, the quotient replicated.
+
+        r = r0 + r1 + r2 with r0 from the key of (p0, p2), r1 from the common key and
+        r2 from the key of (p1, p2): p2 knows r, p0 and p1 each miss one part. p2
+        shares s = ceil(r / 2^bits) as (s0, s1, s2) with s0, s2 from the same pairwise keys
+        and sends s1 to p0 and p1 (input-independent: counted offline).
+        """
         k = self.kernels
         names = self.parties
-        a_trunc = k.shift_right_arithmetic(a, bits)  # p0
-        b_trunc = k.neg(k.shift_right_arithmetic(k.neg(b), bits))  # p2
-        r = k.from_numpy(self.streams.pair(0, 1).ring(k.shape(a)))  # p0 and p1
-        t0 = k.sub(a_trunc, r)
-        inbox = self.communicator.exchange(
-            [Message(names[0], names[2], t0), Message(names[2], names[1], b_trunc)]
+        key02, key12, common = (
+            self.streams.pair(0, 2),
+            self.streams.pair(1, 2),
+            self.streams.common(),
         )
-        # p0 holds (t0, r), p1 holds (r, B'), p2 holds (B', t0).
-        return inbox[names[0], names[2]], r, inbox[names[2], names[1]]
+        r = [
+            k.from_numpy(key02.ring(shape)),
+            k.from_numpy(common.ring(shape)),
+            k.from_numpy(key12.ring(shape)),
+        ]
+        s0, s2 = k.from_numpy(key02.ring(shape)), k.from_numpy(key12.ring(shape))
+        # p2 only: ceil(r / 2^bits), so that floor(D / 2^bits) + ceil(r / 2^bits) is within
+        # 1 ulp of z / 2^bits (and exact when z is a multiple of 2^bits).
+        whole = k.neg(k.shift_right_arithmetic(k.neg(k.add(k.add(r[0], r[1]), r[2])), bits))
+        s1 = k.sub(k.sub(whole, s0), s2)
+        inbox = self.communicator.exchange(
+            [Message(names[2], names[0], s1), Message(names[2], names[1], s1)], offline=True
+        )
+        return r, (s0, inbox[names[2], names[0]], s2)
+
+    def _truncate_3of3(self, z: list[Tensor], bits: int) -> Shares:
+        """Truncates a 3-out-of-3 sharing into a replicated one in one round.
+
+        Every party i opens d_i = z_i - r_i to p0 and p1 (p2 sends to both), who
+        learn D = z - r for the helper's random r and add D >> bits to the
+        component they share; the helper p2 never sees D.
+        """
+        k = self.kernels
+        names = self.parties
+        r, s = self._truncation_pair(k.shape(z[0]), bits)
+        d = [k.sub(z[i], r[i]) for i in range(3)]
+        inbox = self.communicator.exchange(
+            [
+                Message(names[0], names[1], d[0]),
+                Message(names[1], names[0], d[1]),
+                Message(names[2], names[0], d[2]),
+                Message(names[2], names[1], d[2]),
+            ]
+        )
+        # p0 and p1 each reconstruct D; the copies are equal, p0's is used for component 1.
+        opened = k.add(k.add(d[0], inbox[names[1], names[0]]), inbox[names[2], names[0]])
+        return s[0], k.add(s[1], k.shift_right_arithmetic(opened, bits)), s[2]
 
     # -- binary ------------------------------------------------------------------------------------------
     def _and_many(
@@ -266,25 +307,78 @@ class ABY3Protocol(Protocol):
         propagate = self.local(k.bitwise_xor, x, carry)
         return msb_of_sum(self, generate, propagate)
 
-    def bit_to_arithmetic(self, bit: Shares) -> Shares:
-        k = self.kernels
-        # p0 knows u = b0 XOR b1 and shares it arithmetically; b2 is held by p1 and p2.
-        u = self.share(k.bitwise_xor(bit[0], bit[1]), self.parties[0])
-        zero = k.zeros(self.shape(bit))
-        b2 = (zero, zero, bit[2])
-        ub2 = self.product(u, b2, "mul")
-        # u XOR b2 = u + b2 - 2 u b2
-        return self.local(lambda us, bs, ps: k.sub(k.add(us, bs), k.shift_left(ps, 1)), u, b2, ub2)
+    def _inject_round(self, bit: Shares, xs: list[Shares]) -> tuple[Shares, Shares, list[Shares]]:
+        """Round one of bit injection: p0 shares u = b0 ^ b1, and x * b2 for each x.
 
-    def multiply_by_bit(
-        self, bit: Shares, xs: list[Shares], masks: list[Any] | None = None
-    ) -> tuple[list[Shares], Shares, list[Any]]:
+        b2 is known to p1 and p2, so x * b2 is a 3-out-of-3 sharing they compute
+        locally (p1: x1 b2, p2: (x0 + x2) b2), re-randomized and re-shared in the
+        same round as p0's sharing of u.
+        """
         k = self.kernels
-        arith = self.bit_to_arithmetic(bit)
+        names = self.parties
+        shape = self.shape(bit)
+        u = k.bitwise_xor(bit[0], bit[1])  # p0
+        b2 = bit[2]  # p1 and p2
+        u_parts = [
+            k.from_numpy(self.streams.pair(0, 2).ring(shape)),
+            None,
+            k.from_numpy(self.streams.common().ring(shape)),
+        ]
+        u_parts[1] = k.sub(k.sub(u, u_parts[0]), u_parts[2])
         zs = []
         for x in xs:
-            z = self._local_product(x, arith, "mul", {})
+            alpha = self._zero_sharing(self.shape(x))
+            z = [
+                alpha[0],
+                k.add(k.mul(x[1], b2), alpha[1]),
+                k.add(k.mul(k.add(x[0], x[2]), b2), alpha[2]),
+            ]
+            zs.append(z)
+        # p0 -> p1: its share of u; party i -> party i - 1: z_i (p0 -> p2, p1 -> p0, p2 -> p1).
+        messages = [Message(names[0], names[1], u_parts[1])]
+        if zs:
+            messages += [
+                Message(names[i], names[_PREV[i]], tuple(z[i] for z in zs)) for i in range(3)
+            ]
+        inbox = self.communicator.exchange(messages)
+        u_shares = (u_parts[0], inbox[names[0], names[1]], u_parts[2])
+        received = [inbox[names[_NEXT[i]], names[i]] for i in range(3)] if zs else []
+        products = [tuple(received[_PREV[c]][j] for c in range(3)) for j in range(len(zs))]
+        b2_shares = (k.zeros(shape), k.zeros(shape), b2)
+        return u_shares, b2_shares, products
+
+    def bit_to_arithmetic(self, bit: Shares) -> Shares:
+        return self.multiply_by_bit(bit, [])[1]
+
+    def multiply_by_bit(
+        self,
+        bit: Shares,
+        xs: list[Shares],
+        masks: list[Any] | None = None,
+        with_bit: bool = True,
+    ) -> tuple[list[Shares], Shares | None, list[Any]]:
+        """x * bit in two rounds: bit = u XOR b2 with u known to p0, b2 to p1 and p2.
+
+        x * bit = x (u + b2 - 2 u b2) = (x - 2 x b2) u + x b2. Round one: p0
+        shares u, and x b2 is computed and re-shared. Round two: the products
+        (x - 2 x b2) u and u b2 (for the bit itself) in one re-sharing.
+        """
+        k = self.kernels
+        u, b2, x_b2 = self._inject_round(bit, xs)
+        factors = [
+            self.local(lambda xi, wi: k.sub(xi, k.shift_left(wi, 1)), x, w)
+            for x, w in zip(xs, x_b2)
+        ]
+        zs = []
+        for y in [*factors, b2] if with_bit else factors:
+            z = self._local_product(y, u, "mul", {})
             alpha = self._zero_sharing(k.shape(z[0]))
             zs.append([k.add(z[i], alpha[i]) for i in range(3)])
-        products = self._reshare_many(zs) if zs else []
-        return products, arith, [None] * len(xs)
+        reshared = self._reshare_many(zs)
+        outs = [self.local(k.add, p, w) for p, w in zip(reshared, x_b2)]
+        arith = None
+        if with_bit:
+            arith = self.local(
+                lambda us, bs, ps: k.sub(k.add(us, bs), k.shift_left(ps, 1)), u, b2, reshared[-1]
+            )
+        return outs, arith, [None] * len(xs)

@@ -133,12 +133,23 @@ class Protocol(abc.ABC):
 
     @abc.abstractmethod
     def multiply_by_bit(
-        self, bit: Shares, xs: list[Shares], masks: list[Any] | None = None
-    ) -> tuple[list[Shares], Shares, list[Any]]:
+        self,
+        bit: Shares,
+        xs: list[Shares],
+        masks: list[Any] | None = None,
+        with_bit: bool = True,
+    ) -> tuple[list[Shares], Shares | None, list[Any]]:
         """x * bit for each x (bit broadcast to x's shape, no truncation).
 
+        Args:
+            bit: XOR shares of a bit (int64 0/1).
+            xs: Arithmetic sharings to multiply.
+            masks: Per x, a reusable mask or None (see `product_truncated`).
+            with_bit: Whether to also return the bit as arithmetic shares
+                (free for Pond; one more product for ABY3).
+
         Returns:
-            `([x * bit for x in xs], bit as arithmetic shares of 0/1, masks)`.
+            `([x * bit for x in xs], bit as arithmetic 0/1 or None, masks)`.
         """
 
     # -- helpers ------------------------------------------------------------------------------

@@ -332,8 +332,12 @@ class PondProtocol(Protocol):
         return k.add(z, d) if party == 0 else z
 
     def multiply_by_bit(
-        self, bit: Shares, xs: list[Shares], masks: list[Any] | None = None
-    ) -> tuple[list[Shares], Shares, list[Any]]:
+        self,
+        bit: Shares,
+        xs: list[Shares],
+        masks: list[Any] | None = None,
+        with_bit: bool = True,
+    ) -> tuple[list[Shares], Shares | None, list[Any]]:
         """x * bit for each x, in one round (the bit opened masked, fresh x masked).
 
         With d = bit XOR b public (b a dealer bit), bit = d + (1 - 2d) b and
