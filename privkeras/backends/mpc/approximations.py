@@ -18,11 +18,11 @@ those ranges the results are not guaranteed.
 | softmax     | exp(x - max x) / sum, Newton on [1, n]               | max x - x <= 150      | 1e-3 (abs)                   |
 | log         | Householder iterations on exp (order 8, 2 its)       | [0.05, 100]           | 5e-3 (abs)                   |
 
-Costs in online rounds with Pond (ABY3 spends two rounds per truncated
-product, three per multiplication by a bit and eight per comparison):
-exp 8; reciprocal 8 (comparison) + 1 + 8 (exp_limit) + 20 (Newton) = 37;
-sigmoid 23; tanh 23; softmax over n = 10: 32 (max) + 8 + 10 + 1 = 51;
-log 40.
+Costs in online rounds, Pond / ABY3 (measured; Pond: 1 per product, 7 per
+comparison, 1 per multiplication by a bit; ABY3: 1, 8 and 2):
+exp 8 / 10; reciprocal 37 / 41 (comparison, exp_limit, 10 Newton steps);
+sigmoid 23 / 28; tanh 23 / 28; softmax over n = 10: 51 / 62 (of which the
+max: 32 / 40); log 40 / 60.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def test_conv2d_shared_kernel_matches_tensorflow(protocol):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_local_truncation_error_and_failure_rate_match_the_stated_bound(protocol):
     """Truncating a ring value z fails (error ~2^(64-f)) with probability <= (|z|+1)/2^64,
-    otherwise the error is at most 1 ulp (SecureML, Theorem 1; ABY3 Pi_trunc1)."""
+    otherwise the error is at most 1 ulp (SecureML, Theorem 1; for ABY3 the same bound for D = z - r)."""
     rt = MPCRuntime(protocol, kernels="numpy", seed=4)
     k, n = rt.kernels, 2**16
 
