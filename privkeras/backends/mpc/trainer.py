@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from privkeras.backends.mpc.engine import MPCEngine
     from privkeras.backends.mpc.tensor import SharedTensor
 
-__all__ = ["fit"]
+__all__ = ["TrainingPlan", "fit", "plan_training", "train_step"]
 
 #: `keras.Model.fit` arguments the MPC trainer does not implement (accepted at their defaults).
 _UNSUPPORTED_FIT_ARGUMENTS = (
@@ -47,9 +47,18 @@ _UNSUPPORTED_FIT_ARGUMENTS = (
 )
 
 
-@dataclasses.dataclass
-class _TrainingPlan:
-    """What one `fit` call trains: checked in plaintext before any party works."""
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """What one `fit` call trains, resolved and checked in plaintext before any party works.
+
+    Attributes:
+        program: The model's secure layers.
+        loss: The secure loss.
+        optimizer: The secure SGD.
+        data: The training rows, by owner.
+        fused: Whether the loss replaces the last activation's backward pass.
+        batch_size: Rows per step.
+    """
 
     program: SecureProgram
     loss: SecureLoss
@@ -57,17 +66,38 @@ class _TrainingPlan:
     data: SharedData
     fused: bool
     batch_size: int
-    steps: int
-    validation: tuple[np.ndarray, np.ndarray] | None
+
+    def encode_targets(self, targets: np.ndarray) -> np.ndarray:
+        """A data owner's targets as it shares them (one-hot for sparse labels)."""
+        return self.loss.encode_targets(targets, self.program.output_shape)
+
+    def batches(self) -> list[list[tuple[int, int, int]]]:
+        """Per step, the `(owner, start, stop)` row ranges it trains on."""
+        return _batches(self.data.sizes, self.batch_size)
 
 
-def _plan(engine: MPCEngine, model: Any, x: Any, y: Any, options: dict[str, Any]) -> _TrainingPlan:
-    """Resolves data, layers, loss and optimizer; raises before any party works."""
+def plan_training(
+    engine: MPCEngine,
+    model: Any,
+    x: Any,
+    y: Any,
+    batch_size: int | None = None,
+    **options: Any,
+) -> TrainingPlan:
+    """Resolves data, layers, loss and optimizer of a `fit` call.
+
+    Raises:
+        UnsupportedLayerError, CapabilityError, PrecisionOverflowError,
+        ValueError: Before any party does work.
+    """
+    from privkeras.backends.mpc.engine import _batch_size
+
     for name in _UNSUPPORTED_FIT_ARGUMENTS:
         value = options.pop(name, None)
         if value is not None and not (name == "validation_split" and value == 0):
             raise CapabilityError(
-                f"Engine {engine.name!r} does not support fit({name}=...). Received: {name}={value!r}"
+                f"Engine {engine.name!r} does not support fit({name}=...). "
+                f"Received: {name}={value!r}"
             )
     if options:
         raise TypeError(f"fit() got unexpected arguments: {sorted(options)}")
@@ -87,19 +117,17 @@ def _plan(engine: MPCEngine, model: Any, x: Any, y: Any, options: dict[str, Any]
         )
     loss = get_loss(model.loss, engine.name)
     loss.check_model(program.last_activation, engine.name)
-    optimizer = get_optimizer(model.optimizer, engine.name)
-    data.encoded_targets(lambda t: loss.encode_targets(t, program.output_shape))
-    program.check_range(data.input_bound(), engine.runtime.codec)
-    return _TrainingPlan(
+    plan = TrainingPlan(
         program=program,
         loss=loss,
-        optimizer=optimizer,
+        optimizer=get_optimizer(model.optimizer, engine.name),
         data=data,
         fused=loss.fuses(program.last_activation),
-        batch_size=0,
-        steps=0,
-        validation=None,
+        batch_size=_batch_size(batch_size),
     )
+    data.encoded_targets(plan.encode_targets)  # every owner checks its labels first
+    program.check_range(data.input_bound(), engine.runtime.codec)
+    return plan
 
 
 def _batches(sizes: tuple[int, ...], batch_size: int) -> list[list[tuple[int, int, int]]]:
@@ -135,8 +163,8 @@ def _take(shared: list[tuple[SharedTensor, SharedTensor]], ranges) -> tuple[Any,
     return SharedTensor.concat(xs, axis=0), SharedTensor.concat(ys, axis=0)
 
 
-def _train_step(
-    plan: _TrainingPlan,
+def train_step(
+    plan: TrainingPlan,
     params: SharedParams,
     momenta: dict,
     x: SharedTensor,
@@ -169,7 +197,7 @@ def _train_step(
 
 def _reveal_weights(
     engine: MPCEngine,
-    plan: _TrainingPlan,
+    plan: TrainingPlan,
     initial: SharedParams,
     final: SharedParams,
     combined_update: bool,
@@ -234,69 +262,64 @@ def fit(
         UnsupportedLayerError, CapabilityError, PrecisionOverflowError,
         ValueError: Before any party does work.
     """
-    from privkeras.backends.mpc.engine import MODEL_OWNER, _batch_size, _callback_list
+    from privkeras.backends.mpc.engine import MODEL_OWNER, _callback_list
 
-    plan = _plan(engine, model, x, y, dict(options))
-    plan.batch_size = _batch_size(batch_size)
-    batches = _batches(plan.data.sizes, plan.batch_size)
-    if steps_per_epoch is not None:
-        batches = batches[:steps_per_epoch]
-    plan.steps = len(batches)
+    plan = plan_training(engine, model, x, y, batch_size, **options)
+    batches = plan.batches()[:steps_per_epoch]
+    validation = None
     if validation_data is not None:
-        x_val, y_val = validation_data[0], validation_data[1]
-        plan.validation = (
-            engine.validated_inputs(x_val, plan.program, "validation x"),
-            np.asarray(y_val),
+        validation = (
+            engine.validated_inputs(validation_data[0], plan.program, "validation x"),
+            np.asarray(validation_data[1]),
+            validation_batch_size or plan.batch_size,
         )
-
     history = keras.callbacks.History()
     callback_list = _callback_list(
-        [*(callbacks or []), history], model, verbose, epochs=epochs, steps=plan.steps
+        [*(callbacks or []), history], model, verbose, epochs=epochs, steps=len(batches)
     )
-    seed = engine.policy.seed
-    order_rng = np.random.default_rng(seed)
+    order_rng = np.random.default_rng(engine.policy.seed)  # batch order is public
 
     # -- the parties start working here -------------------------------------------------------
-    params = plan.program.share_params(engine.runtime, MODEL_OWNER)
-    initial = params
+    initial = plan.program.share_params(engine.runtime, MODEL_OWNER)
     shared = plan.data.share(
-        engine.runtime,
-        lambda t: plan.loss.encode_targets(t, plan.program.output_shape),
-        shuffle_seed=seed,
-        shuffle=shuffle,
+        engine.runtime, plan.encode_targets, shuffle_seed=engine.policy.seed, shuffle=shuffle
     )
-    momenta: dict = {}
+    params, momenta, step, logs = initial, {}, 0, {}
     model.stop_training = False
-    logs: dict[str, float] = {}
     callback_list.on_train_begin()
-    step = 0
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
-        order = order_rng.permutation(plan.steps) if shuffle else range(plan.steps)
+        order = order_rng.permutation(len(batches)) if shuffle else range(len(batches))
         for index, batch in enumerate(order):
             callback_list.on_train_batch_begin(index)
             xb, yb = _take(shared, batches[batch])
-            params, momenta = _train_step(plan, params, momenta, xb, yb, step)
+            params, momenta = train_step(plan, params, momenta, xb, yb, step)
             step += 1
             callback_list.on_train_batch_end(index, {})
         logs = {}
-        if plan.validation is not None and (epoch + 1) % validation_freq == 0:
-            x_val, y_val = plan.validation
-            val_logs = engine.keras_metrics(
-                model,
-                plan.program,
-                params,
-                x_val,
-                y_val,
-                _batch_size(validation_batch_size or plan.batch_size),
-                what="validation predictions",
-            )
-            logs.update({f"val_{name}": value for name, value in val_logs.items()})
+        if validation is not None and (epoch + 1) % validation_freq == 0:
+            logs = _validation_logs(engine, model, plan, params, validation)
         callback_list.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     _reveal_weights(engine, plan, initial, params, combined_update=len(plan.data.owners) > 1)
-    if hasattr(model, "optimizer") and model.optimizer is not None:
-        model.optimizer.iterations.assign(model.optimizer.iterations + step)
+    model.optimizer.iterations.assign(model.optimizer.iterations + step)
     callback_list.on_train_end(logs)
     return history
+
+
+def _validation_logs(engine, model, plan, params, validation) -> dict[str, float]:
+    """`val_*` logs: outputs on the caller's validation data, revealed to the caller."""
+    from privkeras.backends.mpc.engine import _batch_size
+
+    x_val, y_val, batch_size = validation
+    val_logs = engine.keras_metrics(
+        model,
+        plan.program,
+        params,
+        x_val,
+        y_val,
+        _batch_size(batch_size),
+        what="validation predictions",
+    )
+    return {f"val_{name}": value for name, value in val_logs.items()}

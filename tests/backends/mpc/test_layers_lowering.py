@@ -79,18 +79,35 @@ def test_cnn_shapes_follow_keras():
     )
     program = SecureProgram.lower(model, ENGINE)
     kinds = [type(layer) for layer in program.layers]
+    # ReLU -> MaxPooling2D is rewritten as MaxPooling2D -> ReLU (same function, fewer
+    # secure comparisons).
     assert kinds == [
         SecureConv2D,
-        SecureReLU,
         SecureMaxPooling2D,
+        SecureReLU,
         SecureAveragePooling2D,
         SecureReshape,
         SecureDense,
         SecureSoftmax,
     ]
     keras_shapes = [tuple(layer.output.shape[1:]) for layer in model.layers]
-    secure_shapes = [program.layers[i].output_shape for i in (1, 2, 3, 4, 5, 6)]
-    assert secure_shapes == keras_shapes
+    secure_shapes = [program.layers[i].output_shape for i in (2, 3, 4, 5, 6)]
+    assert secure_shapes == keras_shapes[1:]
+    assert program.layers[2].name.endswith(".relu")
+
+
+def test_relu_before_max_pooling_is_rewritten_only_where_it_is_the_same_function():
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 1)),
+            keras.layers.ReLU(),
+            keras.layers.AveragePooling2D(2),
+            keras.layers.Activation("sigmoid"),
+            keras.layers.MaxPooling2D(2),
+        ]
+    )
+    kinds = [type(layer).__name__ for layer in SecureProgram.lower(model, ENGINE).layers]
+    assert kinds == ["SecureReLU", "SecureAveragePooling2D", "SecureSigmoid", "SecureMaxPooling2D"]
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privkeras.backends.mpc.layers.activations import SecureActivation
+from privkeras.backends.mpc.layers.activations import SecureActivation, SecureReLU
 from privkeras.backends.mpc.layers.base import LoweringContext, SecureLayer
+from privkeras.backends.mpc.layers.pooling import SecureMaxPooling2D
 from privkeras.backends.mpc.layers.registry import lower_layer
 from privkeras.errors import PrecisionOverflowError, UnsupportedLayerError
 
@@ -68,7 +69,7 @@ class SecureProgram:
             if context.program:
                 context.input_shape = context.program[-1].output_shape
             # A layer that lowers to nothing (Dropout, BN) keeps the shape.
-        return cls(context.program, input_shape, engine)
+        return cls(_pool_before_relu(context.program), input_shape, engine)
 
     # -- shapes and parameters ---------------------------------------------------------
     @property
@@ -167,3 +168,19 @@ class SecureProgram:
                 grad, caches[index], params[index], input_grad=index > first_trainable
             )
         return grads
+
+
+def _pool_before_relu(layers: list[SecureLayer]) -> list[SecureLayer]:
+    """Rewrites ReLU -> MaxPooling2D as MaxPooling2D -> ReLU.
+
+    max(relu(x)) = relu(max(x)) since ReLU is monotone, and the gradients
+    agree, but the rewritten order compares each value once in the pool and
+    runs the ReLU's secure comparison on the pooled (smaller) tensor: for
+    2x2 pooling, 40% fewer secure comparisons for the pair.
+    """
+    rewritten = list(layers)
+    for i in range(len(rewritten) - 1):
+        relu, pool = rewritten[i], rewritten[i + 1]
+        if isinstance(relu, SecureReLU) and isinstance(pool, SecureMaxPooling2D):
+            rewritten[i : i + 2] = [pool, SecureReLU(relu.name, pool.output_shape)]
+    return rewritten

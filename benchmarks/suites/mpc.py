@@ -1,0 +1,172 @@
+"""Private inference and encrypted training through `compile(privacy=MPC(...))`.
+
+Workloads (issue 4), each run per protocol (pond, aby3) and engine (tfe,
+torch), all parties simulated in this process (the in-process communicator):
+
+- private inference of an MLP 784-128-128-10 (ReLU) on a batch of 64;
+- private inference of a LeNet-style CNN on 28x28x1, batch of 64;
+- one SGD step of the MLP on a batch of 64 with softmax cross-entropy.
+
+Rows per case: `time` (ms per batch; baseline: the plaintext Keras step of
+the same model in the same run, `predict_on_batch` / `train_on_batch`),
+`rounds` and `bytes_per_party` (the most any party sent; the dealer's
+offline bytes in `offline_bytes`). Inference times include sharing the
+inputs and revealing the outputs, with the model already shared (as a
+server holds it between requests); the training step is one step on shared
+data and weights, as CrypTen's training loop runs it.
+
+CrypTen 0.4.1 on the issue's 2-core machine: MLP inference 77 ms per batch
+as two processes (67 ms in one), 21 rounds, 10.5 MB per party; training step
+0.75 s, 223 rounds, 73 MB per party. The `vs_crypten` field is our value
+divided by CrypTen's.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from benchmarks.rows import row, timeit
+
+SUITE = "mpc"
+BATCH = 64
+CRYPTEN = {
+    "mlp inference b64": {"time": 77.0, "rounds": 21, "bytes_per_party": 10.5e6},
+    "mlp sgd step b64": {"time": 750.0, "rounds": 223, "bytes_per_party": 73e6},
+}
+
+
+def _mlp():
+    import keras
+
+    return [
+        keras.Input((784,)),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ]
+
+
+def _lenet():
+    import keras
+
+    return [
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(6, 5, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(16, 5, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(120, activation="relu"),
+        keras.layers.Dense(84, activation="relu"),
+        keras.layers.Dense(10),
+    ]
+
+
+def _model(layers: Callable[[], list], privacy: Any):
+    import keras
+
+    import privkeras as pk
+
+    keras.utils.set_random_seed(0)
+    model = pk.PrivateSequential(layers())
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        privacy=privacy,
+    )
+    return model
+
+
+def _cost(runtime, fn: Callable[[], Any]):
+    before = runtime.communicator.snapshot()
+    fn()
+    return runtime.communicator.snapshot() - before
+
+
+def _rows(case: str, seconds: float, plain_seconds: float, cost, extra: dict) -> list[dict]:
+    values = {
+        "time": (seconds * 1e3, "ms", plain_seconds * 1e3),
+        "rounds": (cost.rounds, "rounds", None),
+        "bytes_per_party": (cost.max_bytes_per_party(), "B", None),
+        "offline_bytes": (cost.offline_bytes, "B", None),
+    }
+    workload = case.split(" ", 1)[1]
+    reference = CRYPTEN.get(workload, {})
+    rows = []
+    for metric, (value, unit, baseline) in values.items():
+        r = row(SUITE, case, metric, value, unit, baseline, **extra)
+        if metric in reference:
+            r["crypten"] = reference[metric]
+            r["vs_crypten"] = value / reference[metric]
+        rows.append(r)
+    return rows
+
+
+def _inference(layers, workload: str, policy, label: str, x: np.ndarray, repeat: int):
+    plain = _model(layers, None)
+    secure = _model(layers, policy)
+    secure.predict(x, batch_size=BATCH, verbose=0)  # warm-up; shares the weights once
+    runtime = secure.engine.runtime
+    cost = _cost(runtime, lambda: secure.predict(x, batch_size=BATCH, verbose=0))
+    seconds = timeit(lambda: secure.predict(x, batch_size=BATCH, verbose=0), repeat, warmup=0)
+    plain_seconds = timeit(lambda: plain.predict_on_batch(x), max(repeat, 20), warmup=2)
+    error = float(np.max(np.abs(secure.predict(x, verbose=0) - plain.predict_on_batch(x))))
+    extra = {**_labels(policy), "max_abs_error_vs_keras": error}
+    return _rows(f"{label} {workload}", seconds, plain_seconds, cost, extra)
+
+
+def _training_step(policy, label: str, x: np.ndarray, y: np.ndarray, repeat: int):
+    from privkeras.backends.mpc.engine import MODEL_OWNER
+    from privkeras.backends.mpc.trainer import plan_training, train_step
+
+    plain = _model(_mlp, None)
+    secure = _model(_mlp, policy)
+    engine = secure.engine
+    plan = plan_training(engine, secure, x, y, batch_size=BATCH)
+    params = plan.program.share_params(engine.runtime, MODEL_OWNER)
+    ((xs, ys),) = plan.data.share(engine.runtime, plan.encode_targets, shuffle=False)
+    state = {"params": params, "momenta": {}, "step": 0}
+
+    def step():
+        state["params"], state["momenta"] = train_step(
+            plan, state["params"], state["momenta"], xs, ys, state["step"]
+        )
+        state["step"] += 1
+
+    step()  # warm-up
+    cost = _cost(engine.runtime, step)
+    seconds = timeit(step, repeat, warmup=0)
+    plain_seconds = timeit(lambda: plain.train_on_batch(x, y), max(repeat, 20), warmup=2)
+    return _rows(f"{label} mlp sgd step b64", seconds, plain_seconds, cost, _labels(policy))
+
+
+def _labels(policy) -> dict:
+    return {"protocol": policy.protocol, "engine": policy.engine}
+
+
+def run(quick: bool) -> list[dict]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import privkeras as pk
+
+    repeat = 3 if quick else 7
+    engines = ("torch",) if quick else ("torch", "tfe")
+    rng = np.random.default_rng(0)
+    x_mlp = rng.uniform(0, 1, (BATCH, 784)).astype("float32")
+    x_cnn = rng.uniform(0, 1, (BATCH, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, BATCH)
+    rows: list[dict] = []
+    for engine in engines:
+        for protocol in ("pond", "aby3"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                policy = pk.MPC(protocol=protocol, engine=engine, seed=0)
+            label = f"{protocol}/{engine}"
+            rows += _inference(_mlp, "mlp inference b64", policy, label, x_mlp, repeat)
+            rows += _inference(_lenet, "lenet inference b64", policy, label, x_cnn, repeat)
+            rows += _training_step(policy, label, x_mlp, y, repeat)
+    return rows
