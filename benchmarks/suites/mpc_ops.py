@@ -1,8 +1,8 @@
 """Cost of single secure operations: time, online rounds, bytes per party.
 
-Every party runs in this process (the in-process communicator), so a time is
-the sum of all parties' and the dealer's computation, with no network: the
-rounds and bytes columns say what a network would add. The baseline of a
+Every party runs in this process (the in-process communicator), on one torch
+thread, so a time is the sum of all parties' and the dealer's computation,
+with no network: the rounds and bytes columns say what a network would add. The baseline of a
 time row is the same operation on plaintext float32 tensors of the same
 library, measured in the same process.
 
@@ -161,6 +161,17 @@ def _measure(rt, name, secure, plaintext, repeat, label) -> list[dict]:
 
 
 def run(quick: bool) -> list[dict]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # all parties share one thread (CrypTen's runs: one per party)
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool) -> list[dict]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from privkeras.backends.mpc.runtime import MPCRuntime
 

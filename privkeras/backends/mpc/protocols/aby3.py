@@ -266,7 +266,7 @@ class ABY3Protocol(Protocol):
                     k.bitwise_and(x[i], k.bitwise_xor(y[i], y[j])), k.bitwise_and(x[j], y[i])
                 )
                 term = k.bitwise_xor(term, beta[i])
-                z.append(term if mask == -1 else k.bitwise_and(term, k.constant(mask)))
+                z.append(term if mask == -1 else k.bitwise_and(term, self.constant(mask)))
             zs.append(z)
         widths = tuple(64 if mask == -1 else popcount(mask) for mask in keep)
         return self._reshare_many(zs, widths)
@@ -294,7 +294,7 @@ class ABY3Protocol(Protocol):
         # addends; the majority (the carries) is a 3-out-of-3 XOR sharing that each party
         # computes from its own two components: x0&x1 ^ x1&x2 ^ x2&x0.
         beta = self._xor_zero_sharing(self.shape(x))
-        low = k.constant(_LOW_63_BITS)
+        low = self.constant(_LOW_63_BITS)
         majority = self._reshare(
             [
                 k.bitwise_and(k.bitwise_xor(k.bitwise_and(x[i], x[_NEXT[i]]), beta[i]), low)

@@ -64,6 +64,14 @@ class Protocol(abc.ABC):
         self.communicator = communicator
         self.precision_bits = precision_bits
         self.parties = tuple(communicator.parties)
+        self._constants: dict[int, Tensor] = {}
+
+    def constant(self, value: int) -> Tensor:
+        """A scalar ring constant of the kernels' library, made once and cached."""
+        tensor = self._constants.get(value)
+        if tensor is None:
+            tensor = self._constants[value] = self.kernels.constant(value)
+        return tensor
 
     # -- sharing and revealing ---------------------------------------------------------
     @abc.abstractmethod

@@ -234,9 +234,9 @@ class PondProtocol(Protocol):
         c = self.dealer.product_shares(a_value, b_value, bilinear)
         out = []
         for party in (0, 1):
-            z = k.add(c[party], k.add(bilinear(e[party], b[party]), bilinear(a[party], f[party])))
-            if party == 0:
-                z = k.add(z, bilinear(e[party], f[party]))
+            # Party 0 folds its public e * f into e * (b0 + f): two products per party.
+            right = k.add(b[party], f[party]) if party == 0 else b[party]
+            z = k.add(c[party], k.add(bilinear(e[party], right), bilinear(a[party], f[party])))
             out.append(z)
         return tuple(out), (mx, my)
 
@@ -260,7 +260,7 @@ class PondProtocol(Protocol):
         k = self.kernels
         shift = level.shift
         u, v, uv, uu = self.dealer.prefix_triples(self.shape(p), shift, level.with_propagate)
-        keep_p, keep_g = k.constant(level.open_p), k.constant(level.open_g)
+        keep_p, keep_g = self.constant(level.open_p), self.constant(level.open_g)
         views = self._open(
             [
                 self.local(lambda pi, ui: k.bitwise_and(k.bitwise_xor(pi, ui), keep_p), p, u),
@@ -304,8 +304,8 @@ class PondProtocol(Protocol):
         k = self.kernels
         r_value, r, r_xor = self.dealer.edabits(self.shape(x))
         views = self._open([self.local(k.add, x, r)])
-        ones = k.constant(-1)
-        one = k.constant(1)
+        ones = self.constant(-1)
+        one = self.constant(1)
         generate, propagate = [], []
         for party in (0, 1):
             (c,) = views[party]
@@ -328,7 +328,7 @@ class PondProtocol(Protocol):
     def _injected(self, party: int, d: Tensor, b_arith: Shares) -> Tensor:
         """Party `party`'s additive share of d XOR b = d + (1 - 2d) b, for public d."""
         k = self.kernels
-        z = k.mul(k.sub(k.constant(1), k.shift_left(d, 1)), b_arith[party])
+        z = k.mul(k.sub(self.constant(1), k.shift_left(d, 1)), b_arith[party])
         return k.add(z, d) if party == 0 else z
 
     def multiply_by_bit(
@@ -363,7 +363,7 @@ class PondProtocol(Protocol):
         outs: list[list[Tensor]] = [[] for _ in xs]
         for party in (0, 1):
             d = views[party][0]
-            one_minus_2d = k.sub(k.constant(1), k.shift_left(d, 1))
+            one_minus_2d = k.sub(self.constant(1), k.shift_left(d, 1))
             for j, x in enumerate(xs):
                 _, _, f = masks[j].resolve()
                 xb = k.add(k.mul(f[party], b_arith[party]), ab[j][party])
