@@ -34,7 +34,7 @@ UNIT_COSTS = {
     "rescale": lambda p: 0.5 * p,
     "rotate": _rotation,
     "relinearize": lambda p: 1.4 * _rotation(p),
-    "encrypt": lambda p: 1.15 * p,
+    "encrypt": lambda p: 0.7 * p,  # encode + symmetric encryption
 }
 DECRYPT_COST = 0.7  # decrypt + decode one ciphertext at the last level
 

@@ -88,15 +88,17 @@ class LinearTransform:
     def _group_terms(self, diagonals: np.ndarray, nonzero: np.ndarray) -> list[dict]:
         """`terms[o][g]`: the products summed before the giant rotation by `g*b` blocks."""
         b, tile = self.baby, diagonals.shape[-1]
-        grouped: list[dict[int, list[_Term]]] = []
-        for o in range(diagonals.shape[0]):
-            by_giant: dict[int, list[_Term]] = {}
-            for c, e in zip(*np.nonzero(nonzero[o])):
-                g, j = divmod(int(e), b)
-                values = np.roll(diagonals[o, c, e], (g * b) % tile)
-                constant = bool(np.all(values == values[0]))
-                by_giant.setdefault(g, []).append(_Term(int(c), j, values, constant))
-            grouped.append(by_giant)
+        o_idx, c_idx, e_idx = np.nonzero(nonzero)
+        giant, baby = e_idx // b, e_idx % b
+        # Pre-rotate each diagonal right by g*b blocks: values[k] = diagonal[(k - g*b) mod tile].
+        source = (np.arange(tile)[None, :] - (giant * b)[:, None]) % tile
+        values = diagonals[o_idx, c_idx, e_idx][np.arange(len(o_idx))[:, None], source]
+        constant = (values == values[:, :1]).all(axis=1)
+        grouped: list[dict[int, list[_Term]]] = [{} for _ in range(diagonals.shape[0])]
+        for i, (o, c, g, j) in enumerate(
+            zip(o_idx.tolist(), c_idx.tolist(), giant.tolist(), baby.tolist())
+        ):
+            grouped[o].setdefault(g, []).append(_Term(c, j, values[i], bool(constant[i])))
         return grouped
 
     # -- what the program needs --------------------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_MODULUS_BITS",
     "CKKSParameters",
     "max_depth",
+    "min_scale_bits",
     "select_parameters",
 ]
 
@@ -47,8 +48,10 @@ MAX_MODULUS_BITS: dict[int, dict[int, int]] = {
 
 #: Bits above the scale kept in the first prime: decrypted values must stay below 2**(bits-1).
 INTEGER_BITS = 10
-#: Below this scale, CKKS noise eats the precision a classifier needs.
-MIN_SCALE_BITS = 20
+#: Bits of absolute precision kept: CKKS noise after encryption, rescaling and key
+#: switching is about 2**(log2(N) + 6 - scale_bits) (measured on digits MLPs, see
+#: docs/policies/he.md), so a scale of log2(N) + 17 bits leaves errors near 5e-4.
+PRECISION_BITS = 17
 #: Above this scale precision no longer improves (and q0 stays <= 60 bits).
 MAX_SCALE_BITS = 40
 _MAX_PRIME_BITS = 60
@@ -119,6 +122,11 @@ def _chain(scale_bits: int, depth: int, integer_bits: int) -> tuple[int, ...]:
     return (first, *([scale_bits] * depth), first)
 
 
+def min_scale_bits(poly_modulus_degree: int) -> int:
+    """The smallest scale that keeps `PRECISION_BITS` of precision in this ring."""
+    return poly_modulus_degree.bit_length() - 1 + PRECISION_BITS
+
+
 def _best_scale(max_bits: int, depth: int, integer_bits: int) -> int:
     """The largest scale whose chain `[s+i, s*depth, s+i]` fits `max_bits`."""
     scale = (max_bits - 2 * integer_bits) // (depth + 2)
@@ -128,11 +136,13 @@ def _best_scale(max_bits: int, depth: int, integer_bits: int) -> int:
 def max_depth(
     poly_modulus_degree: int,
     security_level: int = 128,
-    scale_bits: int = MIN_SCALE_BITS,
+    scale_bits: int | None = None,
     integer_bits: int = INTEGER_BITS,
 ) -> int:
-    """Deepest model a ring degree can evaluate at `scale_bits` of precision."""
+    """Deepest model a ring degree can evaluate at `scale_bits` (default: the minimum)."""
     max_bits = MAX_MODULUS_BITS[security_level][poly_modulus_degree]
+    if scale_bits is None:
+        scale_bits = min_scale_bits(poly_modulus_degree)
     return max(-1, (max_bits - 2 * (scale_bits + integer_bits)) // scale_bits)
 
 
@@ -143,7 +153,11 @@ def select_parameters(
     security_level: int = 128,
     integer_bits: int = INTEGER_BITS,
 ) -> CKKSParameters:
-    """Chooses the smallest ring that evaluates `depth` levels, with the largest scale it allows.
+    """Chooses the smallest ring that evaluates `depth` levels precisely, with the widest scale.
+
+    The scale must keep `PRECISION_BITS` of precision for the ring
+    (`min_scale_bits`); among the rings that allow it at this depth, the
+    smallest wins (every operation costs in proportion to N).
 
     Args:
         depth: Multiplicative depth of the model (levels consumed).
@@ -164,13 +178,13 @@ def select_parameters(
     for degree in degrees:
         max_bits = table[degree]
         scale = scale_bits if scale_bits is not None else _best_scale(max_bits, depth, integer_bits)
-        if scale < MIN_SCALE_BITS and scale_bits is None:
+        if scale_bits is None and scale < min_scale_bits(degree):
             continue
         chain = _chain(scale, depth, integer_bits)
         if sum(chain) <= max_bits and chain[0] <= _MAX_PRIME_BITS:
             return CKKSParameters(degree, chain, scale, security_level)
     largest = degrees[-1]
-    scale = scale_bits if scale_bits is not None else MIN_SCALE_BITS
+    scale = scale_bits if scale_bits is not None else min_scale_bits(largest)
     available = max_depth(largest, security_level, scale, integer_bits)
     fixed = "the requested ring" if poly_modulus_degree is not None else "the largest allowed ring"
     raise DepthExceededError(

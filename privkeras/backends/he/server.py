@@ -150,11 +150,11 @@ class HEServer:
                 f"({sorted(self._specs)}). Received: spec {batch.spec_id}"
             )
         program = self.program(self._specs[batch.spec_id])
-        missing = program.rotation_steps - context.rotation_steps
-        if missing:
+        if not context.covers(program.rotation_steps):
+            missing = sorted(program.rotation_steps - (context.rotation_steps or set()))
             raise ContextMismatchError(
                 f"Expected Galois keys for rotation steps {sorted(program.rotation_steps)}. "
-                f"Received: a context without {sorted(missing)}; build it with "
+                f"Received: a context without {missing}; build it with "
                 f"client.public_context(spec)"
             )
         self._check_ciphertexts(batch, context, program)
