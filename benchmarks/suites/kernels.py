@@ -4,12 +4,16 @@ Rows:
 - `ring matmul MxKxN <library>/<route>`: exact int64 matmul mod 2^64 in ms,
   against the float64 BLAS matmul of the same shape in the same library
   (`baseline`, `ratio`) and in numpy (`numpy_float64_ms`,
-  `ratio_vs_numpy_float64`). `<route>` "auto" is what engines get; the other
-  routes are there to show why auto picks what it picks.
+  `ratio_vs_numpy_float64`). `<route>` "auto" is what engines get (`route`
+  says where it went); the other routes show why auto picks what it picks.
 - `ring conv2d <shape> <library>/auto`: NHWC convolution mod 2^64 in ms,
   against the library's float64 convolution.
 - `SecureStream.<kind>`: AES-CTR stream throughput in MB of output per
   second, against numpy's (non-cryptographic) PCG64 generator.
+
+Values are medians; `best_*` keys keep the fastest run, and
+`load_1min_before` the machine's load, since other processes stall
+multi-threaded BLAS on a 2-core box.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ ROUTES = {
 }
 #: numpy's int64 loop at 512^3 takes most of a second per call: once is enough.
 SLOW_ROUTES = {("numpy", "native", (512, 512, 512))}
+
+
+def _median_and_best(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[float, float]:
+    """Median and fastest seconds of `fn()` over `repeat` timed runs (`rows.timeit` per run).
+
+    The median is the row's value; the fastest run is kept too, because other
+    processes on a small machine stall multi-threaded BLAS now and then.
+    """
+    for _ in range(warmup):
+        fn()
+    samples = sorted(timeit(fn, repeat=1, warmup=0) for _ in range(repeat))
+    return samples[len(samples) // 2], samples[0]
 
 
 def _float_matmul(library: str, a: np.ndarray, b: np.ndarray) -> Callable[[], Any]:
@@ -77,6 +93,25 @@ def _float_conv(library: str, x: np.ndarray, kernel: np.ndarray) -> Callable[[],
     return im2col_conv
 
 
+def _time_row(case: str, fn, baseline_fn, baseline_case: str, repeat: int, **extra) -> dict:
+    """A "time" row in ms: median as value, the baseline's median as baseline, plus best runs."""
+    median, best = _median_and_best(fn, repeat, warmup=1 if repeat > 1 else 0)
+    base_median, base_best = _median_and_best(baseline_fn, max(repeat, 3))
+    return row(
+        SUITE,
+        case,
+        "time",
+        1e3 * median,
+        "ms",
+        baseline=1e3 * base_median,
+        baseline_case=baseline_case,
+        best_ms=1e3 * best,
+        baseline_best_ms=1e3 * base_best,
+        best_ratio=best / base_best,
+        **extra,
+    )
+
+
 def _matmul_rows(quick: bool, repeat: int) -> list[dict]:
     from privkeras.core.kernels import KERNEL_LIBRARIES, get_kernels
     from privkeras.core.random import SecureStream
@@ -87,33 +122,27 @@ def _matmul_rows(quick: bool, repeat: int) -> list[dict]:
         shape = f"{m}x{k}x{n}"
         a, b = stream.ring((m, k)), stream.ring((k, n))
         fa, fb = stream.gaussian((m, k)), stream.gaussian((k, n))
-        numpy_float_ms = 1e3 * timeit(_float_matmul("numpy", fa, fb), repeat)
+        numpy_float_ms, numpy_float_best_ms = (
+            1e3 * t for t in _median_and_best(_float_matmul("numpy", fa, fb), repeat)
+        )
         for library in KERNEL_LIBRARIES:
-            float_ms = 1e3 * timeit(_float_matmul(library, fa, fb), repeat)
             auto = get_kernels(library)
             ta, tb = auto.from_numpy(a), auto.from_numpy(b)
-            chosen = auto.matmul_route(ta, tb)
             for route in ("auto", *([] if quick else ROUTES[library])):
                 kernels = get_kernels(library, matmul_method=route)
                 slow = (library, route, (m, k, n)) in SLOW_ROUTES
-                seconds = timeit(
-                    partial(kernels.matmul, ta, tb), 1 if slow else repeat, 0 if slow else 1
+                r = _time_row(
+                    f"ring matmul {shape} {library}/{route}",
+                    partial(kernels.matmul, ta, tb),
+                    _float_matmul(library, fa, fb),
+                    f"float64 matmul {shape} {library}",
+                    1 if slow else repeat,
+                    route=kernels.matmul_route(ta, tb),
+                    numpy_float64_ms=numpy_float_ms,
+                    numpy_float64_best_ms=numpy_float_best_ms,
                 )
-                ms = 1e3 * seconds
-                rows.append(
-                    row(
-                        SUITE,
-                        f"ring matmul {shape} {library}/{route}",
-                        "time",
-                        ms,
-                        "ms",
-                        baseline=float_ms,
-                        baseline_case=f"float64 matmul {shape} {library}",
-                        numpy_float64_ms=numpy_float_ms,
-                        ratio_vs_numpy_float64=ms / numpy_float_ms,
-                        route=chosen if route == "auto" else route,
-                    )
-                )
+                r["ratio_vs_numpy_float64"] = r["value"] / numpy_float_ms
+                rows.append(r)
     return rows
 
 
@@ -129,17 +158,13 @@ def _conv_rows(repeat: int) -> list[dict]:
     for library in KERNEL_LIBRARIES:
         kernels = get_kernels(library)
         tx, tk = kernels.from_numpy(x), kernels.from_numpy(kernel)
-        float_ms = 1e3 * timeit(_float_conv(library, fx, fk), repeat)
-        ms = 1e3 * timeit(partial(kernels.conv2d, tx, tk, CONV_STRIDES, CONV_PADDING), repeat)
         rows.append(
-            row(
-                SUITE,
+            _time_row(
                 f"ring conv2d {case} {library}/auto",
-                "time",
-                ms,
-                "ms",
-                baseline=float_ms,
-                baseline_case=f"float64 conv2d {case} {library}",
+                partial(kernels.conv2d, tx, tk, CONV_STRIDES, CONV_PADDING),
+                _float_conv(library, fx, fk),
+                f"float64 conv2d {case} {library}",
+                repeat,
             )
         )
     return rows
@@ -158,17 +183,19 @@ def _stream_rows(quick: bool, repeat: int) -> list[dict]:
     }
     rows = []
     for kind, (secure, plain) in draws.items():
-        rate = megabytes / timeit(secure, repeat)
-        baseline = megabytes / timeit(plain, repeat)
+        median, best = _median_and_best(secure, repeat)
+        base_median, base_best = _median_and_best(plain, repeat)
         rows.append(
             row(
                 SUITE,
                 f"SecureStream.{kind}({size}) AES-CTR",
                 "throughput",
-                rate,
+                megabytes / median,
                 "MB/s",
-                baseline=baseline,
+                baseline=megabytes / base_median,
                 baseline_case=f"numpy PCG64 {kind} (not cryptographic)",
+                best_mb_per_s=megabytes / best,
+                baseline_best_mb_per_s=megabytes / base_best,
             )
         )
     return rows
@@ -177,8 +204,8 @@ def _stream_rows(quick: bool, repeat: int) -> list[dict]:
 def run(quick: bool) -> list[dict]:
     """All kernel rows; `quick` keeps the shapes but times fewer repeats and routes."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    repeat = 3 if quick else 9
-    load_before = os.getloadavg()[0]  # other processes on the box skew multi-threaded BLAS
+    repeat = 3 if quick else 15
+    load_before = os.getloadavg()[0]  # other processes on the box stall multi-threaded BLAS
     rows = [*_matmul_rows(quick, repeat), *_conv_rows(repeat), *_stream_rows(quick, repeat)]
     for r in rows:
         r["load_1min_before"] = round(load_before, 2)

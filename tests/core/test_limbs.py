@@ -196,6 +196,23 @@ def test_numpy_limbs_are_thread_safe():
         np.testing.assert_array_equal(result, np.matmul(a, b))
 
 
+def test_auto_routes_follow_the_measured_policy():
+    numpy_kernels = get_kernels("numpy")
+
+    def route(m, k, n):
+        return numpy_kernels.matmul_route(np.zeros((m, k), np.int64), np.zeros((k, n), np.int64))
+
+    assert route(512, 512, 512) == route(128, 784, 128) == "limbs"
+    assert route(8, 8, 8) == "native"  # too small for six GEMMs to pay
+    assert route(12544, 27, 16) == "native"  # im2col of 3 channels: too thin to split
+    assert (
+        get_kernels("numpy", matmul_method="native").matmul_route(
+            np.zeros((512, 512), np.int64), np.zeros((512, 512), np.int64)
+        )
+        == "native"
+    )
+
+
 def test_torch_cpu_limb_route_matches_native():
     rng = np.random.default_rng(4)
     a = rng.integers(INT64_MIN, INT64_MAX, (3, 17, 2100), dtype=np.int64)

@@ -18,14 +18,19 @@ import numpy as np
 from privkeras.core.kernels.base import RingKernels, as_ring_numpy, matmul_shape, matmul_volume
 from privkeras.core.kernels.limbs import LIMB_BITS, PRODUCT_TERMS
 
-__all__ = ["NUMPY_LIMBS_MIN_VOLUME", "NumpyKernels"]
+__all__ = ["NUMPY_LIMBS_MIN_INTENSITY", "NUMPY_LIMBS_MIN_VOLUME", "NumpyKernels"]
 
-#: From this many multiply-adds on, "auto" matmul uses limbs: numpy's int64
-#: loop wins at 48^3 and loses at 64^3 on the benchmark machine (2 cores).
+#: "auto" matmul uses limbs from this many multiply-adds on (numpy's int64
+#: loop wins at 48^3 and loses at 96^3 on the benchmark machine) ...
 NUMPY_LIMBS_MIN_VOLUME = 64**3
+#: ... and where each operand element takes part in this many multiply-adds
+#: (m k n / (m k + k n + m n)): splitting into limbs costs per element, so
+#: thin products such as im2col with few channels stay with the int64 loop.
+NUMPY_LIMBS_MIN_INTENSITY = 14.0
 
-#: Scratch buffers larger than this are allocated per call instead of kept.
-SCRATCH_MAX_BYTES = 16 * 2**20
+#: Most bytes of scratch buffers one thread keeps between calls; beyond it,
+#: buffers are allocated per call (their page faults matter less next to big GEMMs).
+SCRATCH_BUDGET_BYTES = 64 * 2**20
 
 
 class _Scratch(threading.local):
@@ -35,11 +40,11 @@ class _Scratch(threading.local):
         self.buffers: dict[str, np.ndarray] = {}
 
     def get(self, role: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        buffer = self.buffers.get(role)
-        if buffer is not None and buffer.shape == shape and buffer.dtype == dtype:
-            return buffer
-        buffer = np.empty(shape, dtype=dtype)
-        if buffer.nbytes <= SCRATCH_MAX_BYTES:
+        buffer = self.buffers.pop(role, None)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = np.empty(shape, dtype=dtype)
+        kept = sum(b.nbytes for b in self.buffers.values())
+        if kept + buffer.nbytes <= SCRATCH_BUDGET_BYTES:
             self.buffers[role] = buffer
         return buffer
 
@@ -47,22 +52,45 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
-def _split_limbs_in_place(a: np.ndarray, role: str) -> list[np.ndarray]:
-    """`limbs.split_limbs` for numpy, in scratch buffers (valid until the next call)."""
+def _split_limbs_into(a: np.ndarray, limbs: Sequence[np.ndarray], role: str) -> None:
+    """`limbs.split_limbs` for numpy, writing limb i into the float64 view `limbs[i]`."""
     rest = _SCRATCH.get(role + "/rest", a.shape, np.int64)
     low = _SCRATCH.get(role + "/low", a.shape, np.int64)
     np.add(a, 1 << (LIMB_BITS[0] - 1), out=rest)
-    limbs = []
-    for index, width in enumerate(LIMB_BITS):
+    for index, (width, limb) in enumerate(zip(LIMB_BITS, limbs)):
         np.bitwise_and(rest, (1 << width) - 1, out=low)
-        limb = _SCRATCH.get(f"{role}/limb{index}", a.shape, np.float64)
         np.copyto(limb, low, casting="unsafe")
         limb -= 1 << (width - 1)
-        limbs.append(limb)
         if index + 1 < len(LIMB_BITS):
             np.right_shift(rest, width, out=rest)
             rest += 1 << (LIMB_BITS[index + 1] - 1)
-    return limbs
+
+
+def _limb_products(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """The six limb products of `PRODUCT_TERMS` from three BLAS calls.
+
+    Limbs are laid out so that one GEMM yields several products:
+    [A0; A1; A2] @ B0, A0 @ [B1 B2] and A1 @ B1. Fewer, larger calls cost less
+    Python and fewer BLAS thread wake-ups than six. Results are scratch views.
+    """
+    *a_batch, m, k = a.shape
+    *b_batch, _, n = b.shape
+    batch = np.broadcast_shapes(tuple(a_batch), tuple(b_batch))
+    a_stack = _SCRATCH.get("a/limbs", (*a_batch, 3 * m, k), np.float64)
+    b_low = _SCRATCH.get("b/limb0", b.shape, np.float64)
+    b_high = _SCRATCH.get("b/limbs12", (*b_batch, k, 2 * n), np.float64)
+    a_limbs = [a_stack[..., i * m : (i + 1) * m, :] for i in range(len(LIMB_BITS))]
+    _split_limbs_into(a, a_limbs, "a")
+    _split_limbs_into(b, (b_low, b_high[..., :n], b_high[..., n:]), "b")
+    by_b0 = np.matmul(a_stack, b_low, out=_SCRATCH.get("by_b0", (*batch, 3 * m, n), np.float64))
+    by_a0 = np.matmul(a_limbs[0], b_high, out=_SCRATCH.get("by_a0", (*batch, m, 2 * n), np.float64))
+    a1_b1 = np.matmul(
+        a_limbs[1], b_high[..., :n], out=_SCRATCH.get("a1_b1", (*batch, m, n), np.float64)
+    )
+    products = {(i, 0): by_b0[..., i * m : (i + 1) * m, :] for i in range(len(LIMB_BITS))}
+    products.update({(0, j): by_a0[..., (j - 1) * n : j * n] for j in (1, 2)})
+    products[(1, 1)] = a1_b1
+    return products
 
 
 class NumpyKernels(RingKernels):
@@ -96,8 +124,11 @@ class NumpyKernels(RingKernels):
         return np.multiply(a, b, dtype=np.int64)
 
     def _auto_matmul_method(self, a, b) -> str:
-        volume = matmul_volume(np.shape(a), np.shape(b))
-        return "limbs" if volume >= NUMPY_LIMBS_MIN_VOLUME else "native"
+        a_shape, b_shape = np.shape(a), np.shape(b)
+        (m, k), n = a_shape[-2:], b_shape[-1]
+        intensity = m * k * n / max(m * k + k * n + m * n, 1)
+        big = matmul_volume(a_shape, b_shape) >= NUMPY_LIMBS_MIN_VOLUME
+        return "limbs" if big and intensity >= NUMPY_LIMBS_MIN_INTENSITY else "native"
 
     def _matmul_native(self, a, b):
         return np.matmul(a, b, dtype=np.int64)
@@ -105,17 +136,15 @@ class NumpyKernels(RingKernels):
     def _limb_matmul_exact(self, a, b):
         a, b = np.asarray(a), np.asarray(b)
         shape = matmul_shape(a.shape, b.shape)
-        a_limbs = _split_limbs_in_place(a, "a")
-        b_limbs = _split_limbs_in_place(b, "b")
+        products = _limb_products(a, b)
         exact = _SCRATCH.get("exact", shape, np.float64)
-        product = _SCRATCH.get("product", shape, np.float64)
         term = _SCRATCH.get("term", shape, np.int64)
         out = np.zeros(shape, dtype=np.int64)
         for shift, pairs in PRODUCT_TERMS:
             (i, j), *others = pairs
-            np.matmul(a_limbs[i], b_limbs[j], out=exact)
+            np.copyto(exact, products[(i, j)])
             for i, j in others:
-                exact += np.matmul(a_limbs[i], b_limbs[j], out=product)
+                exact += products[(i, j)]
             np.copyto(term, exact, casting="unsafe")
             term <<= shift
             out += term
