@@ -5,7 +5,7 @@ policy at compile time: `DPSGD`, `Federated`, `MPC` or `HE` (or the
 shorthands `"dp-sgd"`, `"federated"`, `"mpc"`, `"he"`).
 """
 
-from privkeras import errors, mpc, policies
+from privkeras import dpsgd, errors, mpc, policies
 from privkeras.backends.mpc.shared_data import SharedData
 from privkeras.errors import (
     AuthenticationError,
@@ -40,6 +40,7 @@ __all__ = [
     "SharedData",
     "UnsupportedLayerError",
     "__version__",
+    "dpsgd",
     "errors",
     "mpc",
     "policies",

@@ -1,0 +1,170 @@
+"""DP-SGD step time against plain Keras, same backend, same process.
+
+Cases (the issue's): an MLP 784-256-256-10 and the classic DP MNIST CNN
+(Conv2D 16 8x8 stride 2 same, MaxPool 2 stride 1, Conv2D 32 4x4 stride 2,
+MaxPool 2 stride 1, Flatten, Dense 32, Dense 10) on synthetic 28x28x1 data,
+batch 256, SGD. A step's time is the interval between consecutive
+`on_train_batch_end` calls inside `fit` (data, step, callbacks: what a user
+waits for), median over every step after the first epoch. Plain and DP fits
+alternate, several rounds each, so both see the same machine load.
+
+Keras fixes its backend at import: each backend runs in its own interpreter
+(`python -m benchmarks.suites.dpsgd --backend torch` prints its rows as JSON).
+Targets: DP / plain <= 1.3 (MLP), <= 1.6 (CNN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+SUITE = "dpsgd"
+BACKENDS = ("tensorflow", "torch")
+BATCH = 256
+
+
+def _mlp(keras):
+    return [
+        keras.Input((28, 28, 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10),
+    ]
+
+
+def _cnn(keras):
+    return [
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 8, strides=2, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2, 1),
+        keras.layers.Conv2D(32, 4, strides=2, padding="valid", activation="relu"),
+        keras.layers.MaxPooling2D(2, 1),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(10),
+    ]
+
+
+MODELS = {"mlp-784-256-256-10": _mlp, "mnist-cnn": _cnn}
+
+
+def _step_times(keras, model, x, y, epochs: int) -> list[float]:
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.samples, self.last, self.epoch = [], None, 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.last, self.epoch = None, epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if self.last is not None and self.epoch > 0:  # epoch 0 traces and warms up
+                self.samples.append(now - self.last)
+            self.last = now
+
+    timer = StepTimer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[timer])
+    return timer.samples
+
+
+def _model(keras, pk, make, privacy):
+    model = pk.PrivateSequential(make(keras))
+    kwargs = {} if privacy is None else {"privacy": privacy}
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **kwargs,
+    )
+    return model
+
+
+def measure_backend(quick: bool) -> list[dict]:
+    """Rows for the Keras backend of this interpreter."""
+    import keras
+    import numpy as np
+
+    import privkeras as pk
+    from benchmarks.rows import row
+
+    backend = keras.backend.backend()
+    steps, epochs, rounds = (10, 2, 2) if quick else (20, 3, 4)
+    rng = np.random.default_rng(0)
+    x = rng.random((steps * BATCH, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, steps * BATCH)
+    rows = []
+    policies = {"dp": pk.DPSGD(l2_norm_clip=1.0, noise_multiplier=1.1)}
+    if not quick:
+        policies["dp-secure-noise"] = pk.DPSGD(
+            l2_norm_clip=1.0, noise_multiplier=1.1, secure_noise=True
+        )
+    for name, make in MODELS.items():
+        keras.utils.set_random_seed(0)
+        plain = _model(keras, pk, make, None)
+        private = {label: _model(keras, pk, make, p) for label, p in policies.items()}
+        samples = {"plain": [], **{label: [] for label in private}}
+        for _ in range(rounds):
+            samples["plain"] += _step_times(keras, plain, x, y, epochs)
+            for label, model in private.items():
+                samples[label] += _step_times(keras, model, x, y, epochs)
+        base = statistics.median(samples["plain"])
+        rows.append(
+            row(
+                SUITE,
+                f"{backend}/{name}/plain",
+                "step_time",
+                base * 1e3,
+                "ms",
+                batch=BATCH,
+                steps=len(samples["plain"]),
+            )
+        )
+        for label in private:
+            value = statistics.median(samples[label])
+            rows.append(
+                row(
+                    SUITE,
+                    f"{backend}/{name}/{label}",
+                    "step_time",
+                    value * 1e3,
+                    "ms",
+                    baseline=base * 1e3,
+                    batch=BATCH,
+                    steps=len(samples[label]),
+                )
+            )
+    return rows
+
+
+def run(quick: bool) -> list[dict]:
+    """Both backends, each in a subprocess with its own Keras backend."""
+    rows = []
+    for backend in BACKENDS:
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        command = [sys.executable, "-m", "benchmarks.suites.dpsgd", "--backend", backend]
+        if quick:
+            command.append("--quick")
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"dpsgd benchmark under {backend} failed:\n{result.stderr[-4000:]}")
+        rows.extend(json.loads(result.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", choices=BACKENDS, required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if os.environ.get("KERAS_BACKEND") != args.backend:
+        raise SystemExit(f"Run with KERAS_BACKEND={args.backend}.")
+    print(json.dumps(measure_backend(args.quick)))

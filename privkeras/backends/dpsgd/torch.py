@@ -1,0 +1,104 @@
+"""The DP-SGD train step under the torch Keras backend.
+
+Keras runs torch steps eagerly, so batches of any size need no recompiling.
+The backward pass is one `torch.autograd.grad` call to the layers' exposed
+tensors; clipping and noise run under `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import torch
+import torch.nn.functional as F
+
+from privkeras.backends.dpsgd.clipping import same_padding
+from privkeras.backends.dpsgd.noise import HostNoise
+from privkeras.backends.dpsgd.sampling import SampledBatches
+from privkeras.backends.dpsgd.trainer import DPTrainer
+
+__all__ = ["TorchDPTrainer"]
+
+
+class TorchDPTrainer(DPTrainer):
+    """`DPTrainer` on `torch.autograd`."""
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        taps, y_pred = self.forward(x)
+        losses = self.loss(y, y_pred, sample_weight)
+        total = losses.sum()
+        tensors = [tap.tensor for tap in taps]
+        if total.requires_grad:
+            tap_grads = torch.autograd.grad(total, tensors, allow_unused=True)
+        else:  # An empty batch may leave nothing to differentiate.
+            tap_grads = [None] * len(tensors)
+        with torch.no_grad():
+            grads = self.private_gradients(taps, list(tap_grads))
+        regularization, reg_grads = self._regularization_gradients()
+        with torch.no_grad():
+            return self.finish(
+                x,
+                y,
+                y_pred.detach(),
+                sample_weight,
+                losses.detach(),
+                grads,
+                regularization,
+                reg_grads,
+            )
+
+    def _regularization_gradients(self):
+        regularization = self.regularization()
+        if regularization is None:
+            return None, None
+        values = [v.value for v in self._variables]
+        grads = torch.autograd.grad(regularization, values, allow_unused=True)
+        return regularization.detach(), list(grads)
+
+    # -- clipping.PerExampleGradientSource ---------------------------------------------
+    def extract_patches(self, inputs: Any, layer: keras.layers.Conv2D) -> Any:
+        kh, kw = layer.kernel_size
+        sh, sw = layer.strides
+        dh, dw = layer.dilation_rate
+        images = inputs.permute(0, 3, 1, 2)  # channels last -> first
+        channels = images.shape[1]
+        if layer.padding == "same":
+            top, bottom = same_padding(images.shape[2], kh, sh, dh)
+            left, right = same_padding(images.shape[3], kw, sw, dw)
+            images = F.pad(images, (left, right, top, bottom))
+        out_h = (images.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        out_w = (images.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        columns = F.unfold(images, (kh, kw), dilation=(dh, dw), stride=(sh, sw))
+        # (B, C * kh * kw, L), C outermost -> (B, L, kh * kw, C) as the kernel is laid out.
+        columns = columns.reshape(-1, channels, kh * kw, out_h * out_w).permute(0, 3, 2, 1)
+        return columns.reshape(-1, out_h, out_w, kh * kw * channels)
+
+    def per_example_gradients(self, layer, inputs, output_grad):
+        params = [v.value for v in layer.trainable_variables]
+        batch = output_grad.shape[0]
+        if batch == 0:
+            return [torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device) for p in params]
+        with torch.enable_grad():
+            outputs = layer(inputs.detach(), training=True)
+            per_example = (outputs * output_grad.detach()).reshape(batch, -1).sum(1)
+            eye = torch.eye(batch, dtype=per_example.dtype, device=per_example.device)
+            grads = torch.autograd.grad(
+                per_example, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True
+            )
+        return [
+            torch.zeros((batch, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
+            for g, p in zip(grads, params)
+        ]
+
+    # -- noise and data ----------------------------------------------------------------
+    def computes_on_host(self) -> bool:
+        return all(v.value.device.type == "cpu" for v in self._variables)
+
+    def host_noise(self, source: HostNoise) -> Any:
+        device = self._variables[0].value.device
+        return torch.from_numpy(source.take()).to(device, non_blocking=True)
+
+    def batches(self, source: SampledBatches) -> SampledBatches:
+        return source

@@ -1,0 +1,292 @@
+"""The DP-SGD engine through `PrivateSequential`: Keras's contract, budget, bad input."""
+
+import math
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import privkeras as pk
+from privkeras import dpsgd
+from privkeras.backends.dpsgd import DPSGDEngine
+from privkeras.core.random import SecureStream
+from privkeras.errors import (
+    CapabilityError,
+    PrivacyBudgetExceededError,
+    PrivacyPolicyError,
+    UnsupportedLayerError,
+)
+
+N, FEATURES = 64, 6
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, FEATURES)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    return x, y
+
+
+def _model(*hidden, privacy=None, loss="binary_crossentropy", lr=0.1, metrics=("accuracy",)):
+    model = pk.PrivateSequential(
+        [keras.Input((FEATURES,)), *hidden, keras.layers.Dense(1, activation="sigmoid")]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr), loss=loss, metrics=list(metrics), privacy=privacy
+    )
+    return model
+
+
+def _policy(**kwargs):
+    kwargs = {"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "delta": 1e-3, **kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pk.DPSGD(**kwargs)
+
+
+# -- Keras's contract ---------------------------------------------------------------------
+
+
+@pytest.mark.multi_backend
+def test_fit_keeps_the_keras_contract_and_logs_epsilon(data, capsys):
+    x, y = data
+    model = _model(keras.layers.Dense(4, activation="relu"), privacy=_policy(accountant="rdp"))
+    assert isinstance(model.engine, DPSGDEngine)
+    seen = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(("batch", logs["epsilon"]))
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("epoch", logs["epsilon"]))
+
+    history = model.fit(
+        x, y, batch_size=16, epochs=3, verbose=1, callbacks=[Recorder()], validation_split=0.25
+    )
+    assert isinstance(history, keras.callbacks.History)
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "epsilon"} <= set(history.history)
+    epsilons = history.history["epsilon"]
+    assert len(epsilons) == 3 and epsilons[0] < epsilons[1] < epsilons[2]
+    assert "epsilon:" in capsys.readouterr().out  # the progress bar shows it
+    report = model.privacy_report()
+    assert report["steps"] == 3 * math.ceil(48 / 16) == len([s for s in seen if s[0] == "batch"])
+    assert report["sample_rate"] == pytest.approx(16 / 48)
+    assert report["epsilon"] == pytest.approx(epsilons[-1])
+    assert report["epsilon"] == pytest.approx(
+        dpsgd.compute_epsilon(16 / 48, 1.0, report["steps"], 1e-3, accountant="rdp"), rel=1e-9
+    )
+    assert [e for kind, e in seen if kind == "epoch"] == epsilons
+    assert {"delta", "noise_multiplier", "sampling", "accountant", "epsilon_assumes"} <= set(report)
+    assert model.predict(x, verbose=0).shape == (N, 1)
+    assert len(model.evaluate(x, y, verbose=0)) == 2
+
+
+def test_shorthand_routes_to_the_dpsgd_engine():
+    model = _model(privacy="dp-sgd")
+    assert isinstance(model.engine, DPSGDEngine)
+    assert model.privacy_report()["noise_multiplier"] == 1.1
+    assert model.privacy_report()["epsilon"] == 0.0
+
+
+def test_shuffle_reports_the_unamplified_bound(data):
+    x, y = data
+    model = _model(privacy=_policy(sampling="shuffle", accountant="rdp"))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    report = model.privacy_report()
+    assert "NO amplification" in report["epsilon_assumes"]
+    assert report["steps"] == 2 * 4
+    assert report["epsilon"] == pytest.approx(
+        dpsgd.compute_epsilon(1.0, 1.0, 2, 1e-3, accountant="rdp"), rel=1e-9
+    )
+
+
+def test_train_on_batch_is_refused(data):
+    x, y = data
+    model = _model(privacy=_policy())
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(CapabilityError, match="only inside fit"):
+        model.train_on_batch(x[:4], y[:4])
+
+
+# -- what the step computes ----------------------------------------------------------------
+
+
+@pytest.mark.multi_backend
+def test_without_clipping_or_noise_the_step_is_keras_sgd(data):
+    """A clip no gradient reaches and no noise: plain Keras's full-batch step,
+    regularizer and sample weights included."""
+    x, y = data
+    weights = np.random.default_rng(1).uniform(0.5, 2.0, size=N).astype("float32")
+    hidden = lambda: keras.layers.Dense(  # noqa: E731
+        3, activation="tanh", kernel_regularizer=keras.regularizers.L2(0.05)
+    )
+    plain = _model(hidden())
+    private = _model(
+        hidden(), privacy=_policy(l2_norm_clip=1e6, noise_multiplier=0.0, sampling="shuffle")
+    )
+    private.set_weights(plain.get_weights())
+    start = plain.get_weights()
+    plain.fit(x, y, sample_weight=weights, batch_size=N, epochs=1, shuffle=False, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        private.fit(x, y, sample_weight=weights, batch_size=N, epochs=1, verbose=0)
+    for w0, want, got in zip(start, plain.get_weights(), private.get_weights()):
+        np.testing.assert_allclose(got - w0, want - w0, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.multi_backend
+def test_noise_has_the_stated_scale():
+    """With every example weighted zero the update is the noise alone: lr * sigma * C / B."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(32, 64)).astype("float32")
+    y = rng.normal(size=(32, 64)).astype("float32")
+    model = pk.PrivateSequential([keras.Input((64,)), keras.layers.Dense(64)])
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0),
+        loss="mse",
+        privacy=_policy(l2_norm_clip=0.5, noise_multiplier=2.0, sampling="shuffle"),
+    )
+    start = model.get_weights()
+    model.fit(x, y, sample_weight=np.zeros(32), batch_size=16, epochs=1, verbose=0)
+    change = np.concatenate([(a - b).ravel() for a, b in zip(start, model.get_weights())])
+    # Two steps, each adding N(0, (2 * 0.5 / 16)^2): std sqrt(2) / 16.
+    assert abs(change.mean()) < 0.05 * math.sqrt(2) / 16
+    assert change.std() == pytest.approx(math.sqrt(2) / 16, rel=0.05)
+
+
+@pytest.mark.multi_backend
+def test_secure_noise_comes_from_the_secure_stream(data, monkeypatch):
+    x, y = data
+    calls = []
+    original = SecureStream.gaussian
+
+    def counting(self, shape, std=1.0):
+        calls.append((shape, std))
+        return original(self, shape, std)
+
+    monkeypatch.setattr(SecureStream, "gaussian", counting)
+    model = _model(privacy=_policy(secure_noise=True, noise_multiplier=1.5, l2_norm_clip=2.0))
+    start = model.get_weights()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    size = sum(w.size for w in start)
+    assert ((size,), 3.0) in calls and len(calls) >= 4  # one draw per step (plus one ahead)
+    assert model.privacy_report()["secure_noise"] is True
+    assert not all(np.array_equal(a, b) for a, b in zip(start, model.get_weights()))
+
+
+@pytest.mark.multi_backend
+def test_empty_poisson_batches_take_a_noise_only_step():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 5, 5, 1)).astype("float32")
+    y = rng.integers(0, 2, size=20)
+    model = pk.PrivateSequential(
+        [
+            keras.Input((5, 5, 1)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.GroupNormalization(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(
+        optimizer="sgd",
+        metrics=["accuracy"],
+        privacy=_policy(delta=1e-2, accountant="rdp"),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = model.fit(x, y, batch_size=1, epochs=2, verbose=0)  # q = 0.05: most batches empty
+    assert model.privacy_report()["steps"] == 40
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert all(np.isfinite(v) for v in history.history["loss"])
+
+
+# -- the budget ------------------------------------------------------------------------------
+
+
+def test_target_epsilon_is_met_and_then_enforced(data):
+    x, y = data
+    model = _model(privacy=_policy(noise_multiplier=None, target_epsilon=2.0, accountant="rdp"))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    report = model.privacy_report()
+    sigma = dpsgd.calibrate_noise(2.0, 4 / N, 16, 1e-3, accountant="rdp")
+    assert report["noise_multiplier"] == pytest.approx(sigma)
+    assert 1.95 < report["epsilon"] <= 2.0
+    before = model.get_weights()
+    with pytest.raises(PrivacyBudgetExceededError, match="no step was taken"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert model.privacy_report()["steps"] == 16
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_unreachable_target_epsilon_says_what_would_reach_it(data):
+    x, y = data
+    model = _model(privacy=_policy(noise_multiplier=None, target_epsilon=0.02))
+    with pytest.raises(PrivacyPolicyError, match="cannot be reached") as info:
+        model.fit(x, y, batch_size=N, epochs=500, verbose=0)
+    assert "epochs=" in str(info.value) and "would reach it" in str(info.value)
+
+
+# -- refusals before training ----------------------------------------------------------------
+
+
+def test_batch_normalization_is_refused_with_alternatives(data):
+    x, y = data
+    model = _model(
+        keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn"), privacy=_policy()
+    )
+    with pytest.raises(UnsupportedLayerError) as info:
+        model.fit(x, y, batch_size=16, verbose=0)
+    message = str(info.value)
+    assert "'bn'" in message and "GroupNormalization" in message and "LayerNormalization" in message
+
+
+def test_activity_regularizer_is_refused(data):
+    x, y = data
+    model = _model(keras.layers.Dense(4, activity_regularizer="l2", name="reg"), privacy=_policy())
+    with pytest.raises(UnsupportedLayerError, match=r"'reg'.*activity_regularizer"):
+        model.fit(x, y, batch_size=16, verbose=0)
+
+
+def test_loss_that_averages_the_batch_is_refused(data):
+    x, y = data
+    model = _model(privacy=_policy(), loss=lambda t, p: ops.mean(ops.square(t - p)), metrics=())
+    with pytest.raises(PrivacyPolicyError, match="one loss value per example"):
+        model.fit(x, y, batch_size=16, verbose=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": N + 1}, "batch_size <= the number of training examples"),
+        ({"batch_size": 0}, "batch_size to be a positive integer"),
+        ({"x": iter([]), "y": None}, "expected x and y as arrays"),
+        ({"y": np.zeros((3, 1))}, "same number"),
+        ({"sample_weight": np.ones(3)}, "sample_weight of shape"),
+    ],
+)
+def test_bad_fit_arguments(data, kwargs, message):
+    x, y = data
+    model = _model(privacy=_policy())
+    args = {"x": x, "y": y, "batch_size": 16, "verbose": 0, **kwargs}
+    with pytest.raises(PrivacyPolicyError, match=message):
+        model.fit(**args)
+
+
+def test_delta_larger_than_one_over_n_warns(data):
+    x, y = data
+    model = _model(privacy=_policy(delta=0.1, accountant="rdp"))
+    with pytest.warns(UserWarning, match=r"delta=0.1\) is larger than 1/n"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+
+
+def test_no_noise_warns_and_reports_infinity(data):
+    x, y = data
+    with pytest.warns(UserWarning, match="NOT differentially private"):
+        policy = pk.DPSGD(l2_norm_clip=1.0, noise_multiplier=0.0, delta=1e-3)
+    model = _model(privacy=policy)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert model.privacy_report()["epsilon"] == math.inf
