@@ -18,11 +18,11 @@ those ranges the results are not guaranteed.
 | softmax     | exp(x - max x) / sum, Newton on [1, n]               | max x - x <= 150      | 1e-3 (abs)                   |
 | log         | Householder iterations on exp (order 8, 2 its)       | [0.05, 100]           | 5e-3 (abs)                   |
 
-Costs in online rounds, Pond / ABY3 (measured; Pond: 1 per product, 7 per
+Costs in online rounds, Pond / ABY3 (measured; Pond: 1 per product, 6 per
 comparison, 1 per multiplication by a bit; ABY3: 1, 8 and 2):
-exp 8 / 10; reciprocal 37 / 41 (comparison, exp_limit, 10 Newton steps);
-sigmoid 23 / 28; tanh 23 / 28; softmax over n = 10: 51 / 62 (of which the
-max: 32 / 40); log 40 / 60.
+exp 8 / 10; reciprocal 36 / 41 (comparison, exp_limit, 10 Newton steps);
+sigmoid 22 / 28; tanh 22 / 28; softmax over n = 10: 47 / 62 (of which the
+max: 28 / 40); log 40 / 60.
 """
 
 from __future__ import annotations

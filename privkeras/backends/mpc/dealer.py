@@ -119,6 +119,29 @@ class Dealer:
         (r_xor,) = self._share_known([value], xor=[True])
         return value, r, r_xor
 
+    def bit_monomials(
+        self, r: Tensor, monomials: Sequence[frozenset[int]]
+    ) -> dict[frozenset[int], Shares]:
+        """XOR shares of AND over j in S of (r << j), for each set of shifts S."""
+        k = self.kernels
+        shifted: dict[int, Tensor] = {}
+        products: dict[frozenset[int], Tensor] = {}
+        for key in sorted(monomials, key=len):
+            top = max(key)
+            if top not in shifted:
+                shifted[top] = k.shift_left(r, top)
+            rest = key - {top}
+            if len(rest) == 1:
+                (low,) = rest
+                if low not in shifted:
+                    shifted[low] = k.shift_left(r, low)
+                base = shifted[low]
+            else:
+                base = products[rest]  # smaller monomials come first
+            products[key] = k.bitwise_and(base, shifted[top])
+        values = [products[key] for key in monomials]
+        return dict(zip(monomials, self._share_known(values, xor=[True] * len(values))))
+
     def prefix_triples(
         self, shape: Sequence[int], shift: int, with_propagate: bool
     ) -> tuple[Shares, Shares, Shares, Shares | None]:

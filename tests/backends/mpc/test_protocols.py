@@ -105,17 +105,24 @@ def test_local_truncation_error_and_failure_rate_match_the_stated_bound(protocol
     assert 0 < observed <= 16 + 6 * 4
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_sign_bit_is_exact_over_the_whole_ring(protocol):
+@pytest.mark.parametrize(
+    ("protocol", "local_levels"), [("pond", 0), ("pond", 1), ("pond", 2), ("aby3", None)]
+)
+def test_sign_bit_is_exact_over_the_whole_ring(protocol, local_levels):
     rt = MPCRuntime(protocol, kernels="torch", seed=5)
+    if local_levels is not None:
+        rt.protocol.local_levels = local_levels
     k = rt.kernels
     rng = np.random.default_rng(5)
     edges = np.array([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63), 12345, -12345])
     z = np.concatenate([edges, rng.integers(-(2**63), 2**63 - 1, 4000, dtype=np.int64)])
     shares = rt.protocol.share(k.from_numpy(z.astype(np.int64)), "alice")
+    before = rt.communicator.rounds
     bit = rt.protocol.negative_bit(shares)
     reconstructed = np.bitwise_xor.reduce([k.to_numpy(b) for b in bit], axis=0)
     np.testing.assert_array_equal(reconstructed, (z < 0).astype(np.int64))
+    expected_rounds = 1 + 6 - local_levels if protocol == "pond" else 8
+    assert rt.communicator.rounds - before == expected_rounds
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -277,7 +277,7 @@ class ABY3Protocol(Protocol):
         shift = level.shift
 
         def shifted(x: Shares) -> Shares:
-            return self.local(lambda s: k.shift_left(s, shift), x)
+            return self.local(lambda s: self.shift_left(s, shift), x)
 
         pairs = [(p, shifted(g))]
         keep = [level.and_g]
@@ -302,7 +302,7 @@ class ABY3Protocol(Protocol):
             ],
             width=63,  # carries out of bits 0..62 reach bits 1..63
         )
-        carry = self.local(lambda s: k.shift_left(s, 1), majority)
+        carry = self.local(lambda s: self.shift_left(s, 1), majority)
         (generate,) = self._and_many([(x, carry)], keep=[initial_generate_positions() & ~1])
         propagate = self.local(k.bitwise_xor, x, carry)
         return msb_of_sum(self, generate, propagate)
@@ -366,7 +366,7 @@ class ABY3Protocol(Protocol):
         k = self.kernels
         u, b2, x_b2 = self._inject_round(bit, xs)
         factors = [
-            self.local(lambda xi, wi: k.sub(xi, k.shift_left(wi, 1)), x, w)
+            self.local(lambda xi, wi: k.sub(xi, self.shift_left(wi, 1)), x, w)
             for x, w in zip(xs, x_b2)
         ]
         zs = []
@@ -379,6 +379,6 @@ class ABY3Protocol(Protocol):
         arith = None
         if with_bit:
             arith = self.local(
-                lambda us, bs, ps: k.sub(k.add(us, bs), k.shift_left(ps, 1)), u, b2, reshared[-1]
+                lambda us, bs, ps: k.sub(k.add(us, bs), self.shift_left(ps, 1)), u, b2, reshared[-1]
             )
         return outs, arith, [None] * len(xs)
