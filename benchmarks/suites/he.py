@@ -187,187 +187,190 @@ def _phases(server: Any, client: Any, spec: Any, public: Any, x: np.ndarray):
     return (t1 - t0, t2 - t1, t3 - t2), y, outputs
 
 
-def _workload(kind: str, quick: bool) -> list[dict[str, Any]]:
-    import keras
+class _Workload:
+    """One trained model, its server and client, and the TenSEAL baselines on the same chain."""
 
-    from privkeras.backends.he import HEClient, HEServer
-    from privkeras.backends.he.wire import seal_to_bytes, unpack_message
+    def __init__(self, kind: str, quick: bool):
+        from privkeras.backends.he import HEClient, HEServer
 
-    model, data = _trained(kind, epochs=4 if quick else 12)
-    x_test = data.x_test.astype(np.float64)
-    server = HEServer(model)
-    params = server.parameters
-    client = HEClient(params)
-    baseline = _TenSEALBaseline(kind, model, params)
-    extra = {
-        "poly_modulus_degree": params.poly_modulus_degree,
-        "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
-        "tenseal_threads": os.cpu_count(),
-    }
-    rows = []
+        self.kind, self.quick = kind, quick
+        self.model, self.data = _trained(kind, epochs=4 if quick else 12)
+        self.x = self.data.x_test.astype(np.float64)
+        self.server = HEServer(self.model)
+        self.params = self.server.parameters
+        self.client = HEClient(self.params)
+        self.baseline = _TenSEALBaseline(kind, self.model, self.params)
+        self.extra = {
+            "poly_modulus_degree": self.params.poly_modulus_degree,
+            "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes),
+            "tenseal_threads": os.cpu_count(),
+        }
 
-    # latency: one sample, its own packing
-    single = server.packing(block=1)
-    public_single = client.public_context(single)
-    _phases(server, client, single, public_single, x_test[:1])  # encodes the weights once
-    repeats = 3 if quick else 10
-    ours = np.median(
-        [
-            _phases(server, client, single, public_single, x_test[i : i + 1])[0]
-            for i in range(repeats)
-        ],
-        axis=0,
-    )
-    theirs_runs = [baseline.vector(x_test[i]) for i in range(1 if quick else 3)]
-    theirs = np.median([r[:3] for r in theirs_runs], axis=0)
-    for phase, mine, base in zip(("encrypt", "evaluate", "decrypt"), ours, theirs):
+    def _row(
+        self, case: str, metric: str, value: float, unit: str, baseline: float | None, **fields: Any
+    ) -> dict[str, Any]:
+        return row(
+            SUITE, f"{self.kind} {case}", metric, value, unit, baseline, **fields, **self.extra
+        )
+
+    def _packed(self, **packing: Any):
+        spec = self.server.packing(**packing)
+        return spec, self.client.public_context(spec)
+
+    def latency(self) -> list[dict[str, Any]]:
+        """One sample on its own packing (block 1) vs one TenSEAL CKKSVector per sample."""
+        spec, public = self._packed(block=1)
+        _phases(self.server, self.client, spec, public, self.x[:1])  # encodes the weights once
+        ours = np.median(
+            [
+                _phases(self.server, self.client, spec, public, self.x[i : i + 1])[0]
+                for i in range(3 if self.quick else 10)
+            ],
+            axis=0,
+        )
+        self.vector_runs = [self.baseline.vector(self.x[i]) for i in range(1 if self.quick else 3)]
+        theirs = np.median([r[:3] for r in self.vector_runs], axis=0)
+        rows = [
+            self._row("latency", f"{phase}_ms", 1e3 * mine, "ms", 1e3 * base)
+            for phase, mine, base in zip(("encrypt", "evaluate", "decrypt"), ours, theirs)
+        ]
         rows.append(
-            row(SUITE, f"{kind} latency", f"{phase}_ms", 1e3 * mine, "ms", 1e3 * base, **extra)
-        )
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} latency",
-            "total_ms",
-            1e3 * ours.sum(),
-            "ms",
-            1e3 * theirs.sum(),
-            block=1,
-            rotation_keys=len(single.rotation_steps),
-            **extra,
-        )
-    )
-
-    # throughput: 256 samples, the packing the cost model picks
-    batch = x_test[:BATCH]
-    spec = server.packing(n_samples=BATCH)
-    public = client.public_context(spec)
-    _phases(server, client, spec, public, batch)
-    seconds = min(
-        sum(_phases(server, client, spec, public, batch)[0]) for _ in range(2 if quick else 5)
-    )
-    base_seconds = min(baseline.batched(batch) for _ in range(1 if quick else 2))
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} throughput b{BATCH}",
-            "samples_per_s",
-            BATCH / seconds,
-            "1/s",
-            BATCH / base_seconds,
-            block=spec.block,
-            input_ciphertexts=spec.input_layout.n_ciphertexts,
-            **extra,
-        )
-    )
-    if not quick:
-        major = server.packing(block=params.slots)
-        public_major = client.public_context(major)
-        major_seconds = sum(_phases(server, client, major, public_major, batch)[0])
-        rows.append(
-            row(
-                SUITE,
-                f"{kind} throughput b{BATCH} feature-major",
-                "samples_per_s",
-                BATCH / major_seconds,
-                "1/s",
-                BATCH / base_seconds,
-                block=params.slots,
-                input_ciphertexts=major.input_layout.n_ciphertexts,
-                **extra,
+            self._row(
+                "latency",
+                "total_ms",
+                1e3 * ours.sum(),
+                "ms",
+                1e3 * theirs.sum(),
+                block=1,
+                rotation_keys=len(spec.rotation_steps),
             )
         )
+        self.latency_context = public
+        return rows
 
-    # sizes
-    _, _, outputs = _phases(server, client, spec, public, batch)
-    sent = client.encrypt_to_bytes(batch, spec)
-    blob_sizes = unpack_message(sent, "ciphertexts")[0]["sizes"]
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} sizes",
-            "input_ciphertext_bytes",
-            float(np.mean(blob_sizes)),
-            "B",
-            theirs_runs[0][3],
-            input_ciphertexts_b256=len(blob_sizes),
-            input_bytes_b256=len(sent),
-            **extra,
+    def throughput(self) -> list[dict[str, Any]]:
+        """256 samples on the cost model's packing (and feature-major) vs TenSEAL batched."""
+        batch = self.x[:BATCH]
+        spec, public = self._packed(n_samples=BATCH)
+        _phases(self.server, self.client, spec, public, batch)
+        seconds = min(
+            sum(_phases(self.server, self.client, spec, public, batch)[0])
+            for _ in range(2 if self.quick else 5)
         )
-    )
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} sizes",
-            "output_ciphertext_bytes",
-            len(seal_to_bytes(outputs.ciphertexts[0])),
-            "B",
-            None,
-            output_ciphertexts_b256=len(outputs.ciphertexts),
-            **extra,
-        )
-    )
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} sizes",
-            "public_context_bytes",
-            len(public.to_bytes()),
-            "B",
-            baseline.context_bytes(),
-            rotation_keys=len(spec.rotation_steps),
-            **extra,
-        )
-    )
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} sizes",
-            "public_context_bytes_latency",
-            len(public_single.to_bytes()),
-            "B",
-            baseline.context_bytes(),
-            rotation_keys=len(single.rotation_steps),
-            **extra,
-        )
-    )
-
-    # accuracy on the test split (the SIMD path)
-    rows_used = x_test[:BATCH] if quick else x_test
-    plain = keras.ops.convert_to_numpy(model(rows_used.astype(np.float32)))
-    spec_all = server.packing(n_samples=len(rows_used))
-    public_all = client.public_context(spec_all)
-    encrypted = np.concatenate(
-        [
-            _phases(server, client, spec_all, public_all, rows_used[s : s + spec_all.block])[1]
-            for s in range(0, len(rows_used), spec_all.block)
+        base = BATCH / min(self.baseline.batched(batch) for _ in range(1 if self.quick else 2))
+        rows = [
+            self._row(
+                f"throughput b{BATCH}",
+                "samples_per_s",
+                BATCH / seconds,
+                "1/s",
+                base,
+                block=spec.block,
+                input_ciphertexts=spec.input_layout.n_ciphertexts,
+            )
         ]
-    )
-    agreement = float(np.mean(encrypted.argmax(1) == plain.argmax(1)))
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} accuracy",
-            "argmax_agreement",
-            agreement,
-            "fraction",
-            None,
-            rows=len(rows_used),
-            plaintext_accuracy=float(np.mean(plain.argmax(1) == data.y_test[: len(plain)])),
+        if not self.quick:
+            major, public_major = self._packed(block=self.params.slots)
+            seconds = sum(_phases(self.server, self.client, major, public_major, batch)[0])
+            rows.append(
+                self._row(
+                    f"throughput b{BATCH} feature-major",
+                    "samples_per_s",
+                    BATCH / seconds,
+                    "1/s",
+                    base,
+                    block=self.params.slots,
+                    input_ciphertexts=major.input_layout.n_ciphertexts,
+                )
+            )
+        return rows
+
+    def sizes(self) -> list[dict[str, Any]]:
+        """Bytes on the wire: one input and output ciphertext, the public contexts."""
+        from privkeras.backends.he.wire import seal_to_bytes, unpack_message
+
+        batch = self.x[:BATCH]
+        spec, public = self._packed(n_samples=BATCH)
+        _, _, outputs = _phases(self.server, self.client, spec, public, batch)
+        sent = self.client.encrypt_to_bytes(batch, spec)
+        blob_sizes = unpack_message(sent, "ciphertexts")[0]["sizes"]
+        tenseal_context = self.baseline.context_bytes()
+        return [
+            self._row(
+                "sizes",
+                "input_ciphertext_bytes",
+                float(np.mean(blob_sizes)),
+                "B",
+                self.vector_runs[0][3],
+                input_ciphertexts_b256=len(blob_sizes),
+                input_bytes_b256=len(sent),
+            ),
+            self._row(
+                "sizes",
+                "output_ciphertext_bytes",
+                len(seal_to_bytes(outputs.ciphertexts[0])),
+                "B",
+                None,
+                output_ciphertexts_b256=len(outputs.ciphertexts),
+            ),
+            self._row(
+                "sizes",
+                "public_context_bytes",
+                len(public.to_bytes()),
+                "B",
+                tenseal_context,
+                rotation_keys=len(spec.rotation_steps),
+            ),
+            self._row(
+                "sizes",
+                "public_context_bytes_latency",
+                len(self.latency_context.to_bytes()),
+                "B",
+                tenseal_context,
+                rotation_keys=len(self.latency_context.rotation_steps),
+            ),
+        ]
+
+    def accuracy(self) -> list[dict[str, Any]]:
+        """Argmax agreement and max logit error against plaintext Keras (the SIMD path)."""
+        import keras
+
+        x = self.x[:BATCH] if self.quick else self.x
+        plain = keras.ops.convert_to_numpy(self.model(x.astype(np.float32)))
+        spec, public = self._packed(n_samples=len(x))
+        encrypted = np.concatenate(
+            [
+                _phases(self.server, self.client, spec, public, x[s : s + spec.block])[1]
+                for s in range(0, len(x), spec.block)
+            ]
         )
-    )
-    rows.append(
-        row(
-            SUITE,
-            f"{kind} accuracy",
-            "max_logit_error",
-            float(np.abs(encrypted - plain).max()),
-            "abs",
-            None,
-            rows=len(rows_used),
-        )
-    )
-    return rows
+        labels = self.data.y_test[: len(x)]
+        return [
+            row(
+                SUITE,
+                f"{self.kind} accuracy",
+                "argmax_agreement",
+                float(np.mean(encrypted.argmax(1) == plain.argmax(1))),
+                "fraction",
+                None,
+                rows=len(x),
+                plaintext_accuracy=float(np.mean(plain.argmax(1) == labels)),
+            ),
+            row(
+                SUITE,
+                f"{self.kind} accuracy",
+                "max_logit_error",
+                float(np.abs(encrypted - plain).max()),
+                "abs",
+                None,
+                rows=len(x),
+            ),
+        ]
+
+
+def _workload(kind: str, quick: bool) -> list[dict[str, Any]]:
+    work = _Workload(kind, quick)
+    return work.latency() + work.throughput() + work.sizes() + work.accuracy()
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

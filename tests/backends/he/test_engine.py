@@ -119,3 +119,13 @@ def test_unsupported_layers_and_too_deep_models_fail_at_compile_before_any_key(m
     )
     with pytest.raises(DepthExceededError, match=r"depth 3.*N=4096.*offers depth 1"):
         mlp.compile(privacy=pk.HE(poly_modulus_degree=4096))
+
+
+@pytest.mark.multi_backend
+def test_engine_runs_under_the_current_keras_backend(small_model):
+    layers, x = small_model
+    model = pk.PrivateSequential([keras.Input((6,)), *layers.layers], name="any_backend")
+    expected = model.predict(x, verbose=0)
+    model.compile(privacy="he")
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-3)
+    np.testing.assert_allclose(model.predict(x[:1], verbose=0), expected[:1], atol=1e-3)
