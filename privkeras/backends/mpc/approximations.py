@@ -19,10 +19,10 @@ those ranges the results are not guaranteed.
 | log         | Householder iterations on exp (order 8, 2 its)       | [0.05, 100]           | 5e-3 (abs)                   |
 
 Costs in online rounds, Pond / ABY3 (measured; Pond: 1 per product, 6 per
-comparison, 1 per multiplication by a bit; ABY3: 1, 8 and 2):
-exp 8 / 10; reciprocal 36 / 41 (comparison, exp_limit, 10 Newton steps);
-sigmoid 22 / 28; tanh 22 / 28; softmax over n = 10: 47 / 62 (of which the
-max: 28 / 40); log 40 / 60.
+comparison, 1 per multiplication by a bit; ABY3: 1, 6 and 2):
+exp 8 / 10; reciprocal 36 / 39 (comparison, exp_limit, 10 Newton steps);
+sigmoid 22 / 26; tanh 22 / 26; softmax over n = 10: 47 / 54 (of which the
+max: 28 / 32); log 40 / 60.
 """
 
 from __future__ import annotations

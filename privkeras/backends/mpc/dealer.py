@@ -47,9 +47,9 @@ class Dealer:
         streams: The runtime's `PartyStreams`.
         communicator: Counts the bytes the dealer sends (offline).
         parties: Names of the two compute parties.
+        name: Who deals: `"dealer"` for Pond, or a third compute party
+            acting as the helper of the other two (ABY3's `"p2"`).
     """
-
-    name = "dealer"
 
     def __init__(
         self,
@@ -57,18 +57,24 @@ class Dealer:
         streams: PartyStreams,
         communicator: Communicator,
         parties: Sequence[str] = ("p0", "p1"),
+        name: str = "dealer",
     ):
         self.kernels = kernels
         self.streams = streams
         self.communicator = communicator
         self.parties = tuple(parties)
+        self.name = name
 
     # -- building blocks -----------------------------------------------------------
+    def _seed(self, party: int):
+        """The stream the dealer shares with compute party `party`."""
+        return self.streams.dealer(party, dealer=self.name)
+
     def _seeded_ring(self, party: int, shape: Sequence[int]) -> Tensor:
-        return self.kernels.from_numpy(self.streams.dealer(party).ring(shape))
+        return self.kernels.from_numpy(self._seed(party).ring(shape))
 
     def _seeded_bits(self, party: int, shape: Sequence[int]) -> Tensor:
-        return self.kernels.from_numpy(self.streams.dealer(party).bits(shape))
+        return self.kernels.from_numpy(self._seed(party).bits(shape))
 
     def _random(self, shape: Sequence[int]) -> Shares:
         """Additive shares of a uniformly random ring value (no bytes sent)."""

@@ -138,9 +138,21 @@ def test_relu_rounds_and_bytes():
     assert rt.protocol.local_levels == 1
     assert cost.rounds == 7
     assert cost.bytes_per_party["p0"] == 8 * n + _prefix_bytes(n, "pond", 1) + math.ceil(n / 8)
-    # ABY3: majority (63 bits) and generate rounds, 6 levels, then x * bit in 2 rounds
-    # (p0 shares u = b0 ^ b1 while x * b2 is re-shared; then one product).
+    # ABY3 (default): the same circuit run by p0 and p1 with p2 dealing (x is a 2-out-of-2
+    # sharing of p0 and p1 for free), then one round back to replicated shares: p0 and p1
+    # each send p2 one ring element per element.
     rt = _runtime("aby3")
+    x = rt.share(np.linspace(-4, 4, n), owner="p0")
+    before = rt.communicator.snapshot()
+    x.relu()
+    cost = rt.communicator.snapshot() - before
+    assert cost.rounds == 8
+    pond_like = 8 * n + _prefix_bytes(n, "pond", 1) + math.ceil(n / 8)
+    assert cost.bytes_per_party == {"p0": pond_like + 8 * n, "p1": pond_like + 8 * n, "p2": 0}
+    # ABY3 without a helper: majority (63 bits) and generate rounds, 6 levels, then
+    # x * bit in 2 rounds (p0 shares u = b0 ^ b1 while x * b2 is re-shared; one product).
+    rt = _runtime("aby3")
+    rt.protocol.helper_comparisons = False
     x = rt.share(np.linspace(-4, 4, n), owner="p0")
     before = rt.communicator.snapshot()
     x.relu()
@@ -151,7 +163,7 @@ def test_relu_rounds_and_bytes():
     comparison = math.ceil(63 * n / 8) + math.ceil(62 * n / 8) + _prefix_bytes(n, "aby3")
     assert cost.bytes_per_party["p1"] == comparison + 16 * n
     assert cost.bytes_per_party["p0"] == comparison + 24 * n
-    print(f"ReLU on {n} elements: Pond 7 rounds, ABY3 {cost.rounds} rounds")  # -s shows it
+    print(f"ReLU on {n} elements: Pond 7 rounds, ABY3 8 (10 without the helper)")
 
 
 def test_reveal_counts_one_round_and_logs():

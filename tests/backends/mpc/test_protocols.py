@@ -105,13 +105,25 @@ def test_local_truncation_error_and_failure_rate_match_the_stated_bound(protocol
     assert 0 < observed <= 16 + 6 * 4
 
 
-@pytest.mark.parametrize(
-    ("protocol", "local_levels"), [("pond", 0), ("pond", 1), ("pond", 2), ("aby3", None)]
-)
-def test_sign_bit_is_exact_over_the_whole_ring(protocol, local_levels):
-    rt = MPCRuntime(protocol, kernels="torch", seed=5)
-    if local_levels is not None:
-        rt.protocol.local_levels = local_levels
+SETTINGS = [
+    ("pond", {"local_levels": 0}),
+    ("pond", {"local_levels": 1}),
+    ("pond", {"local_levels": 2}),
+    ("aby3", {"helper_comparisons": True}),
+    ("aby3", {"helper_comparisons": False}),
+]
+
+
+def _configured(protocol, settings, **kwargs):
+    rt = MPCRuntime(protocol, **kwargs)
+    for name, value in settings.items():
+        setattr(rt.protocol, name, value)
+    return rt
+
+
+@pytest.mark.parametrize(("protocol", "settings"), SETTINGS)
+def test_sign_bit_is_exact_over_the_whole_ring(protocol, settings):
+    rt = _configured(protocol, settings, kernels="torch", seed=5)
     k = rt.kernels
     rng = np.random.default_rng(5)
     edges = np.array([0, 1, -1, 2**62, -(2**62), 2**63 - 1, -(2**63), 12345, -12345])
@@ -121,13 +133,17 @@ def test_sign_bit_is_exact_over_the_whole_ring(protocol, local_levels):
     bit = rt.protocol.negative_bit(shares)
     reconstructed = np.bitwise_xor.reduce([k.to_numpy(b) for b in bit], axis=0)
     np.testing.assert_array_equal(reconstructed, (z < 0).astype(np.int64))
-    expected_rounds = 1 + 6 - local_levels if protocol == "pond" else 8
-    assert rt.communicator.rounds - before == expected_rounds
+    # Pond: open x + r, then the 6 carry levels less the local ones; ABY3 with the
+    # helper: the same as Pond with one local level; replicated: 2 + 6 AND rounds.
+    expected = {"pond": 7 - settings.get("local_levels", 0)}.get(protocol)
+    if protocol == "aby3":
+        expected = 6 if settings["helper_comparisons"] else 8
+    assert rt.communicator.rounds - before == expected
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_comparisons_relu_and_bit_injection_are_exact(protocol):
-    rt = MPCRuntime(protocol, kernels="numpy", seed=6)
+@pytest.mark.parametrize(("protocol", "settings"), SETTINGS[1:])
+def test_comparisons_relu_and_bit_injection_are_exact(protocol, settings):
+    rt = _configured(protocol, settings, kernels="numpy", seed=6)
     values = np.array([0.0, ULP, -ULP, 3.5, -3.5, 2.0**40, -(2.0**40), 1.0, -7.25])
     other = np.array([0.0, 0.0, 0.0, 3.5, -3.0, 2.0**40, 0.0, 2.0, -7.25])
     x, y = rt.share(values), rt.share(other)

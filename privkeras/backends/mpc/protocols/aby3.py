@@ -32,13 +32,17 @@ Notes:
     truncated: |v| * 2^(2f - 64) for a product v of two reals at scale 2^f
     (|v| * 2^-32 at f = 16), as for SecureML's truncation.
 
-    Comparisons: the three components are three addends known to two
-    parties each; a full-adder layer (one AND round) turns them into two
-    addends, and the Kogge-Stone circuit (section 5.3) finds the sign bit
-    in 7 more AND rounds, re-sharing only the carry bits the sign needs.
-    A value times a shared bit b = u XOR b2 (u = b0 XOR b1 known to p0, b2
-    to p1 and p2) costs 2 rounds: x b = (x - 2 x b2) u + x b2, where x b2
-    is local to p1 and p2 and p0 shares u in the first round.
+    Comparisons (default, `helper_comparisons`): x is a 2-out-of-2 sharing
+    of p0 (x0 + x1) and p1 (x2) for free, so p0 and p1 run Pond's
+    comparison with p2 as its dealer, and the results return to replicated
+    shares in one round: a sign costs 6 rounds, a ReLU 8. Without the
+    helper: the three components are three addends known to two parties
+    each; a full-adder layer (one AND round) turns them into two addends,
+    and the Kogge-Stone circuit (section 5.3) finds the sign bit in 7 more
+    AND rounds, re-sharing only the carry bits the sign needs. A value
+    times a shared bit b = u XOR b2 (u = b0 XOR b1 known to p0, b2 to p1
+    and p2) then costs 2 rounds: x b = (x - 2 x b2) u + x b2, where x b2 is
+    local to p1 and p2 and p0 shares u in the first round.
 """
 
 from __future__ import annotations
@@ -53,10 +57,17 @@ from privkeras.backends.mpc.protocols.binary import (
     msb_of_sum,
     popcount,
 )
+from privkeras.backends.mpc.protocols.pond import PondProtocol
 
-__all__ = ["ABY3Protocol"]
+__all__ = ["ABY3Protocol", "TwoPartyBit"]
 
 Tensor = Any
+
+
+class TwoPartyBit(tuple):
+    """XOR shares of bits held by p0 and p1 only (a comparison p2 dealt for)."""
+
+
 _NEXT = (1, 2, 0)
 _LOW_63_BITS = (1 << 63) - 1
 _PREV = (2, 0, 1)
@@ -75,6 +86,16 @@ class ABY3Protocol(Protocol):
     name = "aby3"
     num_parties = 3
     num_components = 3
+    #: Comparisons as a two-party circuit between p0 and p1 with p2 dealing (True), or
+    #: on replicated binary shares with no party dealing (False).
+    helper_comparisons = True
+
+    def __init__(self, kernels, streams, communicator, precision_bits):
+        super().__init__(kernels, streams, communicator, precision_bits)
+        p0, p1, p2 = self.parties
+        self._pair = PondProtocol(
+            kernels, streams, communicator, precision_bits, parties=(p0, p1), dealer_name=p2
+        )
 
     # -- randomness -----------------------------------------------------------------------
     def _key_draws(self, shape, bits: bool = False) -> list[Tensor]:
@@ -288,7 +309,47 @@ class ABY3Protocol(Protocol):
         new_g = self.local(k.bitwise_xor, g, results[0])
         return new_g, (results[1] if level.with_propagate else p)
 
+    # -- comparisons with the helper p2 -------------------------------------------------------
+    def _two_party(self, x: Shares) -> tuple[Tensor, Tensor]:
+        """x as a 2-out-of-2 sharing of p0 (x0 + x1) and p1 (x2): local."""
+        return self.kernels.add(x[0], x[1]), x[2]
+
+    def _from_two_party(self, values: list[tuple[Tensor, Tensor]]) -> list[Shares]:
+        """2-out-of-2 sharings (a at p0, b at p1) back to replicated ones, in one round.
+
+        The result is (a - rho, rho, b) with rho from the key of p0 and p1: p0 sends
+        a - rho to p2, p1 sends b to p2.
+        """
+        if not values:
+            return []
+        k = self.kernels
+        p0, p1, p2 = self.parties
+        pair = self.streams.pair(0, 1)
+        rhos = [k.from_numpy(pair.ring(k.shape(a))) for a, _ in values]
+        inbox = self.communicator.exchange(
+            [
+                Message(p0, p2, tuple(k.sub(a, rho) for (a, _), rho in zip(values, rhos))),
+                Message(p1, p2, tuple(b for _, b in values)),
+            ]
+        )
+        return [(inbox[p0, p2][j], rhos[j], inbox[p1, p2][j]) for j in range(len(values))]
+
+    def negative_bit_with_mask(self, x: Shares) -> tuple[Shares, Any]:
+        """[x < 0]: with `helper_comparisons`, Pond's circuit between p0 and p1, p2 dealing.
+
+        x is a 2-out-of-2 sharing of p0 and p1 without communication; the bit
+        comes back as `TwoPartyBit` XOR shares of p0 and p1, and the opened
+        mask of x is kept for the multiplication by the bit.
+        """
+        if not self.helper_comparisons:
+            return self._replicated_negative_bit(x), None
+        bit, mask = self._pair.negative_bit_with_mask(self._two_party(x))
+        return TwoPartyBit(bit), mask
+
     def negative_bit(self, x: Shares) -> Shares:
+        return self.negative_bit_with_mask(x)[0]
+
+    def _replicated_negative_bit(self, x: Shares) -> Shares:
         k = self.kernels
         # The components read as XOR shares are the sum bits of a full adder of the three
         # addends; the majority (the carries) is a 3-out-of-3 XOR sharing that each party
@@ -348,6 +409,8 @@ class ABY3Protocol(Protocol):
         return u_shares, b2_shares, products
 
     def bit_to_arithmetic(self, bit: Shares) -> Shares:
+        if isinstance(bit, TwoPartyBit):
+            return self._from_two_party([self._pair.bit_to_arithmetic(tuple(bit))])[0]
         return self.multiply_by_bit(bit, [])[1]
 
     def multiply_by_bit(
@@ -364,6 +427,12 @@ class ABY3Protocol(Protocol):
         (x - 2 x b2) u and u b2 (for the bit itself) in one re-sharing.
         """
         k = self.kernels
+        if isinstance(bit, TwoPartyBit):
+            products, arith, masks = self._pair.multiply_by_bit(
+                tuple(bit), [self._two_party(x) for x in xs], masks, with_bit
+            )
+            converted = self._from_two_party(products + ([arith] if with_bit else []))
+            return converted[: len(xs)], (converted[-1] if with_bit else None), masks
         u, b2, x_b2 = self._inject_round(bit, xs)
         factors = [
             self.local(lambda xi, wi: k.sub(xi, self.shift_left(wi, 1)), x, w)

@@ -85,6 +85,9 @@ class PondProtocol(Protocol):
         streams: The runtime's random streams.
         communicator: Communicator of parties `p0` and `p1`.
         precision_bits: Fractional bits of the fixed-point encoding.
+        parties: The two computing parties, if the communicator has more
+            (ABY3 runs comparisons as Pond between p0 and p1).
+        dealer_name: Who deals (`"dealer"`, or ABY3's helper `"p2"`).
     """
 
     name = "pond"
@@ -95,9 +98,19 @@ class PondProtocol(Protocol):
     #: second about 45% more (16-term polynomials), so 1 is the default.
     local_levels = 1
 
-    def __init__(self, kernels, streams, communicator, precision_bits):
+    def __init__(
+        self,
+        kernels,
+        streams,
+        communicator,
+        precision_bits,
+        parties: tuple[str, str] | None = None,
+        dealer_name: str = "dealer",
+    ):
         super().__init__(kernels, streams, communicator, precision_bits)
-        self.dealer = Dealer(kernels, streams, communicator, self.parties)
+        if parties is not None:  # two of a larger set of parties, another one dealing
+            self.parties = tuple(parties)
+        self.dealer = Dealer(kernels, streams, communicator, self.parties, name=dealer_name)
 
     # -- opening ------------------------------------------------------------------------
     def _open(

@@ -52,9 +52,14 @@ class PartyStreams:
         low, high = sorted((i, j))
         return self._get(f"pair/{low}/{high}")
 
-    def dealer(self, i: int | None = None) -> SecureStream:
-        """The dealer's private randomness, or the seed it shares with party `i`."""
-        return self._get("dealer" if i is None else f"dealer/{i}")
+    def dealer(self, i: int | None = None, dealer: str = "dealer") -> SecureStream:
+        """A dealer's private randomness, or the seed it shares with party `i`.
+
+        `dealer` names who deals: Pond's dealer, or a compute party that deals
+        for two others (ABY3's helper `"p2"`), with seeds apart from its others.
+        """
+        label = "dealer" if dealer == "dealer" else f"helper/{dealer}"
+        return self._get(label if i is None else f"{label}/{i}")
 
     def common(self) -> SecureStream:
         """Randomness every compute party knows (a seed agreed by all of them)."""
