@@ -149,6 +149,9 @@ class SharedTensor:
     def _product(self, other: Any, op: str, reverse: bool = False, **kwargs: Any) -> SharedTensor:
         k, f = self._k, self.runtime.codec.precision_bits
         protocol = self._protocol
+        other_shape = tuple(np.shape(other)) if not isinstance(other, SharedTensor) else other.shape
+        left, right = (other_shape, self.shape) if reverse else (self.shape, other_shape)
+        _check_operand_shapes(op, left, right, kwargs)
         if isinstance(other, SharedTensor):
             self._coerce(other)
             x, y = (other, self) if reverse else (self, other)
@@ -546,6 +549,28 @@ def _small_integer(value: Any) -> bool:
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         return False
     return bool(np.all(array == np.round(array)) and np.max(np.abs(array)) < 2**20)
+
+
+def _check_operand_shapes(op: str, left: tuple, right: tuple, kwargs: dict) -> None:
+    """Refuses mismatched operands before any party does work (or draws randomness)."""
+    if op == "mul":
+        try:
+            np.broadcast_shapes(left, right)
+        except ValueError:
+            raise ValueError(
+                f"Expected shapes that broadcast. {format_received(left=left, right=right)}"
+            ) from None
+    elif op == "matmul":
+        if len(left) < 1 or len(right) < 1 or left[-1] != right[-2 if len(right) > 1 else 0]:
+            raise ValueError(
+                "Expected the inner dimensions of a matmul to match. "
+                f"{format_received(left=left, right=right)}"
+            )
+    elif op == "conv2d" and (len(right) != 4 or right[2] != left[-1]):
+        raise ValueError(
+            "Expected an HWIO kernel whose input channels match the input's "
+            f"{left[-1]}. {format_received(input=left, kernel=right)}"
+        )
 
 
 def _resolve_shape(shape: tuple, size: int) -> tuple[int, ...]:

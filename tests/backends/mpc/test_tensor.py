@@ -133,6 +133,23 @@ def test_public_operands_and_matmul_orientation(rt):
     assert rt.communicator.snapshot().rounds > 0
 
 
+def test_mismatched_operands_are_refused_before_any_communication(rt):
+    x, y, z = rt.share(np.ones((2, 3))), rt.share(np.ones((2, 3))), rt.share(np.ones((3, 2)))
+    images = rt.share(np.ones((1, 4, 4, 3)))
+    before = rt.communicator.snapshot()
+    with pytest.raises(ValueError, match="inner dimensions"):
+        x @ y
+    with pytest.raises(ValueError, match="inner dimensions"):
+        x @ np.ones((4, 1))
+    with pytest.raises(ValueError, match="broadcast"):
+        x * z
+    with pytest.raises(ValueError, match="input channels"):
+        images.conv2d(np.ones((2, 2, 2, 1)))
+    with pytest.raises(ValueError, match="rank 4"):
+        x.conv2d(np.ones((2, 2, 2, 1)))
+    assert rt.communicator.snapshot() == before
+
+
 def test_reveal_is_logged_with_what_and_to(rt):
     x = rt.share(np.ones((2, 3)), owner="alice")
     x.reveal(to="alice", what="predictions")
