@@ -134,16 +134,29 @@ class MPCEngine(Engine):
             model.build((None, *sample_shape))
         return SecureProgram.lower(model, self.name, training=training)
 
-    def validated_inputs(self, x: Any, program: SecureProgram | None, what: str) -> np.ndarray:
+    def checked_inputs(
+        self, model: Any, x: Any, steps: int | None, batch_size: int
+    ) -> tuple[SecureProgram, np.ndarray]:
+        """Lowers the model and checks the caller's inputs, all before any party works.
+
+        Raises:
+            UnsupportedLayerError: For a layer without a secure version.
+            PrecisionOverflowError: For non-finite inputs, or values the
+                fixed-point ring cannot hold in some layer.
+            ValueError: For inputs of the wrong shape.
+        """
+        values = _as_batch(x, "x")
+        program = self.lower(model, values.shape[1:], training=False)
+        if steps is not None:
+            values = values[: steps * batch_size]
+        values = self.validated_inputs(values, program, "x")
+        program.check_range(float(np.max(np.abs(values))), self.runtime.codec)
+        return program, values
+
+    def validated_inputs(self, x: Any, program: SecureProgram, what: str) -> np.ndarray:
         """The caller's inputs as float64, refused if non-finite or mis-shaped."""
-        if x is None:
-            raise ValueError(f"Expected {what} as a numeric array. Received: None")
-        values = as_float_array(x, what)
-        if values.ndim < 1 or not len(values):
-            raise ValueError(
-                f"Expected a non-empty batch of {what}. Received: shape={values.shape}"
-            )
-        if program is not None and values.shape[1:] != program.input_shape:
+        values = _as_batch(x, what)
+        if values.shape[1:] != program.input_shape:
             raise ValueError(
                 f"Expected {what} of shape (None, {', '.join(map(str, program.input_shape))}). "
                 f"Received: shape={values.shape}"
@@ -209,13 +222,8 @@ class MPCEngine(Engine):
             PrecisionOverflowError: Before any party works, for non-finite
                 inputs or values that would overflow the fixed-point ring.
         """
-        values = self.validated_inputs(x, None, "x")
-        program = self.lower(model, values.shape[1:], training=False)
-        values = self.validated_inputs(values, program, "x")
         batch_size = _batch_size(batch_size)
-        if steps is not None:
-            values = values[: steps * batch_size]
-        program.check_range(float(np.max(np.abs(values))), self.runtime.codec)
+        program, values = self.checked_inputs(model, x, steps, batch_size)
         callback_list = _callback_list(
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
         )
@@ -252,19 +260,14 @@ class MPCEngine(Engine):
         """
         if sample_weight is not None:
             raise CapabilityError(f"Engine {self.name!r} does not support sample_weight.")
-        values = self.validated_inputs(x, None, "x")
-        program = self.lower(model, values.shape[1:], training=False)
-        values = self.validated_inputs(values, program, "x")
-        targets = np.asarray(y)
-        if len(targets) != len(values):
+        batch_size = _batch_size(batch_size)
+        program, values = self.checked_inputs(model, x, steps, batch_size)
+        targets = np.asarray(y)[: len(values)]
+        if y is None or len(targets) != len(values):
             raise ValueError(
                 f"Expected x and y with the same number of rows. "
-                f"Received: {len(values)} and {len(targets)}"
+                f"Received: {len(values)} and {None if y is None else len(np.asarray(y))}"
             )
-        batch_size = _batch_size(batch_size)
-        if steps is not None:
-            values, targets = values[: steps * batch_size], targets[: steps * batch_size]
-        program.check_range(float(np.max(np.abs(values))), self.runtime.codec)
         callback_list = _callback_list(
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
         )
@@ -327,6 +330,15 @@ class MPCEngine(Engine):
         from privkeras.backends.mpc import trainer
 
         return trainer.fit(self, model, x, y, **kwargs)
+
+
+def _as_batch(x: Any, what: str) -> np.ndarray:
+    if x is None:
+        raise ValueError(f"Expected {what} as a numeric array. Received: None")
+    values = as_float_array(x, what)
+    if values.ndim < 1 or not len(values):
+        raise ValueError(f"Expected a non-empty batch of {what}. Received: shape={values.shape}")
+    return values
 
 
 def _batch_size(batch_size: int | None) -> int:

@@ -5,8 +5,8 @@ Each activation is registered by its Keras name in `ACTIVATIONS`; `Dense` and
 `Activation`, `ReLU` and `Softmax` layers do.
 
 Notes:
-    ReLU is exact (a secure comparison, then one multiplication by the shared
-    0/1 mask that `backward` reuses). Sigmoid, tanh and softmax use the
+    ReLU is exact (a secure comparison, then a multiplication by the shared
+    bit; training keeps the bit as the 0/1 mask that `backward` multiplies by). Sigmoid, tanh and softmax use the
     runtime's documented approximations (see `docs/mpc-protocols.md`); their
     derivatives are computed from the shared outputs, as in CrypTen.
 """
@@ -58,8 +58,7 @@ class SecureReLU(SecureActivation):
     def forward(self, x: SharedTensor, params: Mapping[str, SharedTensor], training: bool):
         if not training:
             return x.relu(), None
-        mask = x.drelu()
-        return x * mask, mask
+        return x.relu_with_derivative()  # one comparison gives the output and the mask
 
     def backward(
         self,
