@@ -22,9 +22,10 @@ Deeper products are cut into depth chunks whose ring results are added mod
 Notes:
     This is the classic splitting trick for exact integer products on
     floating-point units (Ozaki et al., "Error-free transformations of matrix
-    multiplication", Numerical Algorithms 2012; CrypTen's CUDA path splits
-    int64 into 16-bit blocks the same way). Signed limbs halve the largest
-    product against unsigned ones, which buys six GEMMs instead of ten.
+    multiplication", Numerical Algorithms 2012). CrypTen's CUDA tensors split
+    int64 into three or four unsigned blocks of 22 or 16 bits in the same
+    spirit; signed limbs halve the largest limb product against unsigned
+    ones, which keeps three limbs (six GEMMs) exact up to depth 2048.
 """
 
 from __future__ import annotations
