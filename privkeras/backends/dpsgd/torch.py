@@ -59,21 +59,18 @@ class TorchDPTrainer(DPTrainer):
 
     # -- clipping.PerExampleGradientSource ---------------------------------------------
     def extract_patches(self, inputs: Any, layer: keras.layers.Conv2D) -> Any:
-        kh, kw = layer.kernel_size
-        sh, sw = layer.strides
-        dh, dw = layer.dilation_rate
-        images = inputs.permute(0, 3, 1, 2)  # channels last -> first
-        channels = images.shape[1]
+        (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
         if layer.padding == "same":
-            top, bottom = same_padding(images.shape[2], kh, sh, dh)
-            left, right = same_padding(images.shape[3], kw, sw, dw)
-            images = F.pad(images, (left, right, top, bottom))
-        out_h = (images.shape[2] - dh * (kh - 1) - 1) // sh + 1
-        out_w = (images.shape[3] - dw * (kw - 1) - 1) // sw + 1
-        columns = F.unfold(images, (kh, kw), dilation=(dh, dw), stride=(sh, sw))
-        # (B, C * kh * kw, L), C outermost -> (B, L, kh * kw, C) as the kernel is laid out.
-        columns = columns.reshape(-1, channels, kh * kw, out_h * out_w).permute(0, 3, 2, 1)
-        return columns.reshape(-1, out_h, out_w, kh * kw * channels)
+            top, bottom = same_padding(inputs.shape[1], kh, sh, dh)
+            left, right = same_padding(inputs.shape[2], kw, sw, dw)
+            inputs = F.pad(inputs, (0, 0, left, right, top, bottom))
+        # Strided windows are views of the channels-last input; one copy lays them out
+        # in the kernel's (kh, kw, c_in) order. (F.unfold wants channels first and
+        # takes a slow path on the permuted view: 30x slower here.)
+        windows = inputs.unfold(1, (kh - 1) * dh + 1, sh).unfold(2, (kw - 1) * dw + 1, sw)
+        windows = windows[..., ::dh, ::dw]  # (B, out_h, out_w, C, kh, kw)
+        out_h, out_w, channels = windows.shape[1], windows.shape[2], windows.shape[3]
+        return windows.permute(0, 1, 2, 4, 5, 3).reshape(-1, out_h, out_w, kh * kw * channels)
 
     def per_example_gradients(self, layer, inputs, output_grad):
         params = [v.value for v in layer.trainable_variables]
