@@ -68,7 +68,7 @@ class MPCEngine(Engine):
     def __init__(self, policy: MPC | None):
         super().__init__(policy if policy is not None else MPC())
         self._runtime = None
-        self._shared_weights: tuple[str, SharedParams] | None = None
+        self._shared_weights: tuple[SecureProgram, SharedParams] | None = None
 
     # -- set-up ------------------------------------------------------------------------
     @classmethod
@@ -166,10 +166,13 @@ class MPCEngine(Engine):
 
     def shared_weights(self, program: SecureProgram) -> SharedParams:
         """The model owner's shared weights, reused while the weights do not change."""
-        fingerprint = program.fingerprint()
-        if self._shared_weights is None or self._shared_weights[0] != fingerprint:
-            self._shared_weights = (fingerprint, program.share_params(self.runtime, MODEL_OWNER))
-        return self._shared_weights[1]
+        cached = self._shared_weights
+        if cached is None or not program.same_params(cached[0]):
+            self._shared_weights = cached = (
+                program,
+                program.share_params(self.runtime, MODEL_OWNER),
+            )
+        return cached[1]
 
     def private_outputs(
         self,

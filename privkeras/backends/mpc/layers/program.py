@@ -9,7 +9,6 @@ the ring.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -82,14 +81,16 @@ class SecureProgram:
         last = self.layers[-1] if self.layers else None
         return last.function if isinstance(last, SecureActivation) else None
 
-    def fingerprint(self) -> str:
-        """A digest of every parameter (for caching shared weights between calls)."""
-        digest = hashlib.sha256()
-        for layer in self.layers:
-            for name, value in sorted(layer.params.items()):
-                digest.update(f"{layer.name}/{name}{value.shape}".encode())
-                digest.update(np.ascontiguousarray(value).tobytes())
-        return digest.hexdigest()
+    def same_params(self, other: SecureProgram | None) -> bool:
+        """Whether `other` has exactly these layers and parameter values (for reusing shares)."""
+        if other is None or len(other.layers) != len(self.layers):
+            return False
+        return all(
+            a.name == b.name
+            and a.params.keys() == b.params.keys()
+            and all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+            for a, b in zip(self.layers, other.layers)
+        )
 
     def share_params(self, runtime: MPCRuntime, owner: str) -> SharedParams:
         """Secret-shares every parameter as `owner` (the model owner)."""
