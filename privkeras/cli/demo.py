@@ -14,6 +14,7 @@ import time
 #: Stage name -> "module:function". The order is the order they run in.
 STAGES: dict[str, str] = {
     "plaintext": "privkeras.cli.stages.plaintext:run",
+    "dp-sgd": "privkeras.cli.stages.dpsgd:run",
     "mpc": "privkeras.cli.stages.mpc:run",
     "he": "privkeras.cli.stages.he:run",
 }
