@@ -191,6 +191,15 @@ def test_training_refuses_dropout_and_batch_norm():
             SecureProgram.lower(model, ENGINE, training=True)
 
 
+def test_training_refuses_regularizers_it_would_ignore():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2, kernel_regularizer="l2", name="reg")]
+    )
+    SecureProgram.lower(model, ENGINE)  # inference does not care
+    with pytest.raises(UnsupportedLayerError, match=r"'reg'.*kernel_regularizer"):
+        SecureProgram.lower(model, ENGINE, training=True)
+
+
 def test_supported_layer_list_covers_the_issue():
     names = set(supported_layer_types())
     assert {

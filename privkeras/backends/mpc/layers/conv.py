@@ -12,7 +12,11 @@ import numpy as np
 from privkeras.backends.mpc.layers.activations import activation_layers
 from privkeras.backends.mpc.layers.base import LoweringContext, SecureLayer
 from privkeras.backends.mpc.layers.patches import fold_patches
-from privkeras.backends.mpc.layers.registry import register_secure_layer, unsupported
+from privkeras.backends.mpc.layers.registry import (
+    refuse_training_options,
+    register_secure_layer,
+    unsupported,
+)
 
 if TYPE_CHECKING:
     from privkeras.backends.mpc.tensor import SharedTensor
@@ -146,6 +150,7 @@ def _fold_shares(kernels, share, *, image_shape, kernel_size, strides, padding):
 
 @register_secure_layer(keras.layers.Conv2D)
 def lower_conv2d(layer: keras.layers.Conv2D, context: LoweringContext) -> list[SecureLayer]:
+    refuse_training_options(layer, context)
     require_channels_last(layer, context)
     if tuple(layer.dilation_rate) != (1, 1):
         raise unsupported(

@@ -11,7 +11,11 @@ import numpy as np
 
 from privkeras.backends.mpc.layers.activations import activation_layers
 from privkeras.backends.mpc.layers.base import LoweringContext, SecureLayer
-from privkeras.backends.mpc.layers.registry import register_secure_layer, unsupported
+from privkeras.backends.mpc.layers.registry import (
+    refuse_training_options,
+    register_secure_layer,
+    unsupported,
+)
 
 if TYPE_CHECKING:
     from privkeras.backends.mpc.tensor import SharedTensor
@@ -99,6 +103,7 @@ class SecureDense(SecureLayer):
 
 @register_secure_layer(keras.layers.Dense)
 def lower_dense(layer: keras.layers.Dense, context: LoweringContext) -> list[SecureLayer]:
+    refuse_training_options(layer, context)
     if getattr(layer, "quantization_mode", None):
         raise unsupported(
             layer,

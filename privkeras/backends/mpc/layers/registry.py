@@ -28,10 +28,20 @@ from privkeras.errors import UnsupportedLayerError
 __all__ = [
     "Lowering",
     "lower_layer",
+    "refuse_training_options",
     "register_secure_layer",
     "supported_layer_types",
     "unsupported",
 ]
+
+#: Layer options that change what training computes, which the secure trainer does not implement.
+_TRAINING_OPTIONS = (
+    "kernel_regularizer",
+    "bias_regularizer",
+    "activity_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+)
 
 Lowering = Callable[[Any, LoweringContext], list[SecureLayer]]
 
@@ -73,6 +83,21 @@ def unsupported(layer: Any, context: LoweringContext, reason: str) -> Unsupporte
         f"Layer {layer.name!r} ({type(layer).__name__}) cannot run under engine "
         f"{context.engine!r}: {reason}"
     )
+
+
+def refuse_training_options(layer: Any, context: LoweringContext) -> None:
+    """Refuses regularizers and constraints when training (they would be silently ignored).
+
+    Raises:
+        UnsupportedLayerError: Naming the layer and the options set.
+    """
+    if not context.training:
+        return
+    used = [name for name in _TRAINING_OPTIONS if getattr(layer, name, None) is not None]
+    if used:
+        raise unsupported(
+            layer, context, f"training with {', '.join(used)} is not implemented under MPC"
+        )
 
 
 def lower_layer(layer: Any, context: LoweringContext) -> list[SecureLayer]:
