@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from privkeras.backends.base import Engine
+from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
 from privkeras.backends.mpc.shared_data import as_float_array, require_finite
 from privkeras.backends.registry import register_engine
@@ -157,7 +158,7 @@ class MPCEngine(Engine):
         """The caller's inputs as float64, refused if non-finite or mis-shaped."""
         values = _as_batch(x, what)
         if values.shape[1:] != program.input_shape:
-            raise ValueError(
+            raise MPCInputError(
                 f"Expected {what} of shape (None, {', '.join(map(str, program.input_shape))}). "
                 f"Received: shape={values.shape}"
             )
@@ -265,11 +266,13 @@ class MPCEngine(Engine):
             raise CapabilityError(f"Engine {self.name!r} does not support sample_weight.")
         batch_size = _batch_size(batch_size)
         program, values = self.checked_inputs(model, x, steps, batch_size)
+        if y is None:
+            raise MPCInputError("Expected y for evaluate(x, y). Received: y=None")
         targets = np.asarray(y)[: len(values)]
-        if y is None or len(targets) != len(values):
-            raise ValueError(
+        if len(targets) != len(values):
+            raise MPCInputError(
                 f"Expected x and y with the same number of rows. "
-                f"Received: {len(values)} and {None if y is None else len(np.asarray(y))}"
+                f"Received: {len(values)} and {len(np.asarray(y))}"
             )
         callback_list = _callback_list(
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
@@ -337,10 +340,10 @@ class MPCEngine(Engine):
 
 def _as_batch(x: Any, what: str) -> np.ndarray:
     if x is None:
-        raise ValueError(f"Expected {what} as a numeric array. Received: None")
+        raise MPCInputError(f"Expected {what} as a numeric array. Received: None")
     values = as_float_array(x, what)
     if values.ndim < 1 or not len(values):
-        raise ValueError(f"Expected a non-empty batch of {what}. Received: shape={values.shape}")
+        raise MPCInputError(f"Expected a non-empty batch of {what}. Received: shape={values.shape}")
     return values
 
 
@@ -348,7 +351,9 @@ def _batch_size(batch_size: int | None) -> int:
     if batch_size is None:
         return _DEFAULT_BATCH_SIZE
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected batch_size to be a positive integer. Received: {batch_size!r}")
+        raise MPCInputError(
+            f"Expected batch_size to be a positive integer. Received: {batch_size!r}"
+        )
     return batch_size
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.errors import CapabilityError
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class SecureLoss:
         if y.shape[1:] != output_shape and y.size == len(y) * math.prod(output_shape):
             y = y.reshape((len(y), *output_shape))
         if y.shape[1:] != output_shape:
-            raise ValueError(
+            raise MPCInputError(
                 f"Expected targets of shape (None, {', '.join(map(str, output_shape))}) for loss "
                 f"{self.name!r}. Received: y.shape={y.shape}"
             )
@@ -108,13 +109,13 @@ class CrossEntropy(SecureLoss):
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1 or not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise ValueError(
+            raise MPCInputError(
                 f"Expected integer class indices of shape (None,) for {self.name}. "
                 f"Received: y.shape={np.shape(y)}"
             )
         labels = labels.astype(np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
-            raise ValueError(
+            raise MPCInputError(
                 f"Expected class indices in [0, {classes - 1}]. "
                 f"Received: values in [{labels.min()}, {labels.max()}]"
             )

@@ -35,7 +35,7 @@ from privkeras.backends.mpc.protocols.streams import PartyStreams
 from privkeras.backends.mpc.tensor import SharedTensor
 from privkeras.core.fixed_point import FixedPointCodec
 from privkeras.core.kernels import KERNEL_LIBRARIES, RingKernels, get_kernels
-from privkeras.errors import PrecisionOverflowError
+from privkeras.errors import PrecisionOverflowError, PrivacyPolicyError
 
 __all__ = ["PROTOCOLS", "MPCRuntime", "RevealRecord", "register_protocol"]
 
@@ -85,8 +85,9 @@ class MPCRuntime:
             `InProcessCommunicator` by default.
 
     Raises:
-        ValueError: For an unknown protocol or kernel library (listing those
-            that exist) or a bad precision.
+        PrivacyPolicyError: For an unknown protocol or kernel library (listing
+            those that exist) or a seed that is not an int.
+        ValueError: For a bad precision (from the fixed-point codec).
 
     Example:
 
@@ -106,7 +107,7 @@ class MPCRuntime:
         communicator: Communicator | None = None,
     ):
         if protocol not in PROTOCOLS:
-            raise ValueError(
+            raise PrivacyPolicyError(
                 f"Expected protocol in {sorted(PROTOCOLS)}. Received: protocol={protocol!r}"
             )
         if isinstance(kernels, RingKernels):
@@ -114,11 +115,11 @@ class MPCRuntime:
         elif kernels in KERNEL_LIBRARIES:
             self.kernels = get_kernels(kernels)
         else:
-            raise ValueError(
+            raise PrivacyPolicyError(
                 f"Expected kernels in {list(KERNEL_LIBRARIES)}. Received: kernels={kernels!r}"
             )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"Expected seed to be None or an int. Received: seed={seed!r}")
+            raise PrivacyPolicyError(f"Expected seed to be None or an int. Received: seed={seed!r}")
         self.codec = FixedPointCodec(precision_bits=precision_bits)
         cls = PROTOCOLS[protocol]
         self.protocol_name = protocol

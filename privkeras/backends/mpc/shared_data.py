@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.errors import PrecisionOverflowError
 
 if TYPE_CHECKING:
@@ -85,23 +86,23 @@ class SharedData:
     def __init__(self, parts: Sequence[tuple[Any, Any]], owners: Sequence[str] | None = None):
         parts = list(parts)
         if not parts:
-            raise ValueError("Expected at least one (x, y) pair. Received: parts=[]")
+            raise MPCInputError("Expected at least one (x, y) pair. Received: parts=[]")
         owners = [f"data_owner_{i}" for i in range(len(parts))] if owners is None else list(owners)
         if len(owners) != len(parts) or len(set(owners)) != len(owners):
-            raise ValueError(
+            raise MPCInputError(
                 f"Expected {len(parts)} distinct owner names. Received: owners={owners}"
             )
         self.owners = tuple(str(owner) for owner in owners)
         self._parts: list[tuple[np.ndarray, np.ndarray]] = []
         for owner, part in zip(self.owners, parts):
             if not (isinstance(part, (tuple, list)) and len(part) == 2):
-                raise ValueError(
+                raise MPCInputError(
                     f"Expected an (x, y) pair for owner {owner!r}. Received: {type(part).__name__}"
                 )
             x = as_float_array(part[0], f"x of {owner!r}")
             y = as_float_array(part[1], f"y of {owner!r}")
             if x.ndim < 2 or len(x) != len(y) or not len(x):
-                raise ValueError(
+                raise MPCInputError(
                     f"Expected x (rows, features...) and y with the same, non-zero number of "
                     f"rows for owner {owner!r}. Received: x.shape={x.shape}, y.shape={y.shape}"
                 )
@@ -110,7 +111,7 @@ class SharedData:
             self._parts.append((x, y))
         shapes = {x.shape[1:] for x, _ in self._parts}
         if len(shapes) != 1:
-            raise ValueError(
+            raise MPCInputError(
                 f"Expected every owner's x to have the same row shape. Received: {sorted(shapes)}"
             )
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.core.kernels import RingKernels, conv_output_padding
 from privkeras.errors import format_received
 
@@ -117,7 +118,7 @@ class SharedTensor:
         """Another operand as a SharedTensor of this runtime, or a public ring tensor."""
         if isinstance(other, SharedTensor):
             if other.runtime is not self.runtime:
-                raise ValueError(
+                raise MPCInputError(
                     "Expected shared tensors of the same runtime. "
                     "Received: tensors shared by two different MPCRuntime objects"
                 )
@@ -207,7 +208,7 @@ class SharedTensor:
             The (N, OH, OW, C_out) SharedTensor, truncated to scale 2^f.
         """
         if self.ndim != 4:
-            raise ValueError(f"Expected an NHWC input of rank 4. Received: shape={self.shape}")
+            raise MPCInputError(f"Expected an NHWC input of rank 4. Received: shape={self.shape}")
         return self._product(kernel, "conv2d", strides=tuple(strides), padding=padding.upper())
 
     def square(self) -> SharedTensor:
@@ -441,7 +442,7 @@ class SharedTensor:
     # -- pooling -------------------------------------------------------------------------------------
     def _pool_patches(self, pool_size, strides, padding, pad_value: float) -> SharedTensor:
         if self.ndim != 4:
-            raise ValueError(f"Expected an NHWC input of rank 4. Received: shape={self.shape}")
+            raise MPCInputError(f"Expected an NHWC input of rank 4. Received: shape={self.shape}")
         pool_size = tuple(pool_size)
         strides = tuple(pool_size if strides is None else strides)
         patches = self.extract_patches(pool_size, strides, padding)
@@ -557,17 +558,17 @@ def _check_operand_shapes(op: str, left: tuple, right: tuple, kwargs: dict) -> N
         try:
             np.broadcast_shapes(left, right)
         except ValueError:
-            raise ValueError(
+            raise MPCInputError(
                 f"Expected shapes that broadcast. {format_received(left=left, right=right)}"
             ) from None
     elif op == "matmul":
         if len(left) < 1 or len(right) < 1 or left[-1] != right[-2 if len(right) > 1 else 0]:
-            raise ValueError(
+            raise MPCInputError(
                 "Expected the inner dimensions of a matmul to match. "
                 f"{format_received(left=left, right=right)}"
             )
     elif op == "conv2d" and (len(right) != 4 or right[2] != left[-1]):
-        raise ValueError(
+        raise MPCInputError(
             "Expected an HWIO kernel whose input channels match the input's "
             f"{left[-1]}. {format_received(input=left, kernel=right)}"
         )
@@ -576,12 +577,14 @@ def _check_operand_shapes(op: str, left: tuple, right: tuple, kwargs: dict) -> N
 def _resolve_shape(shape: tuple, size: int) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     if shape.count(-1) > 1:
-        raise ValueError(f"Expected at most one -1 in a shape. {format_received(shape=shape)}")
+        raise MPCInputError(f"Expected at most one -1 in a shape. {format_received(shape=shape)}")
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
         shape = tuple(size // known if s == -1 else s for s in shape)
     if int(np.prod(shape, dtype=np.int64)) != size:
-        raise ValueError(f"Expected a shape with {size} elements. {format_received(shape=shape)}")
+        raise MPCInputError(
+            f"Expected a shape with {size} elements. {format_received(shape=shape)}"
+        )
     return shape
 
 
@@ -590,7 +593,7 @@ def _check_same_runtime(tensors: Sequence[SharedTensor]) -> SharedTensor:
     if not tensors or not all(isinstance(t, SharedTensor) for t in tensors):
         raise TypeError("Expected a non-empty sequence of SharedTensor.")
     if any(t.runtime is not tensors[0].runtime for t in tensors):
-        raise ValueError("Expected shared tensors of the same runtime.")
+        raise MPCInputError("Expected shared tensors of the same runtime.")
     return tensors[0]
 
 

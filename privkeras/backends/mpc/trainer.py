@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
 from privkeras.backends.mpc.losses import SecureLoss, get_loss
 from privkeras.backends.mpc.optimizers import SecureSGD, get_optimizer
@@ -103,15 +104,17 @@ def plan_training(
         raise TypeError(f"fit() got unexpected arguments: {sorted(options)}")
     if isinstance(x, SharedData):
         if y is not None:
-            raise ValueError("Expected y=None with SharedData (each owner holds its own labels).")
+            raise MPCInputError(
+                "Expected y=None with SharedData (each owner holds its own labels)."
+            )
         data = x
     else:
         if x is None or y is None:
-            raise ValueError("Expected fit(x, y) with arrays, or fit(SharedData([...])).")
+            raise MPCInputError("Expected fit(x, y) with arrays, or fit(SharedData([...])).")
         data = SharedData([(x, y)], owners=["caller"])
     program = engine.lower(model, data.row_shape, training=True)
     if data.row_shape != program.input_shape:
-        raise ValueError(
+        raise MPCInputError(
             f"Expected x of shape (None, {', '.join(map(str, program.input_shape))}). "
             f"Received rows of shape {data.row_shape}"
         )

@@ -234,6 +234,21 @@ def test_wrong_input_shapes_are_refused():
         model.predict(np.ones((4, 5)), verbose=0)
 
 
+def test_bad_inputs_raise_the_typed_mpc_error():
+    from privkeras.backends.mpc.errors import MPCInputError
+
+    model = pk.PrivateSequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(loss="mse", privacy=mpc(seed=0))
+    with pytest.raises(MPCInputError, match=r"shape \(None, 3\).*\(4, 5\)"):
+        model.predict(np.ones((4, 5)), verbose=0)
+    with pytest.raises(MPCInputError, match="Received: y=None"):
+        model.evaluate(np.ones((4, 3)), None, verbose=0)
+    with pytest.raises(MPCInputError, match=r"same number of rows\. Received: 4 and 3"):
+        model.evaluate(np.ones((4, 3)), np.ones((3, 2)), verbose=0)
+    with pytest.raises(MPCInputError, match="batch_size"):
+        model.predict(np.ones((4, 3)), batch_size=0, verbose=0)
+
+
 def test_shared_weights_are_reused_until_the_weights_change():
     model = pk.PrivateSequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(loss="mse", privacy=mpc(seed=0))
