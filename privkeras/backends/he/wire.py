@@ -58,7 +58,7 @@ def unpack_message(data: bytes, kind: str) -> tuple[dict[str, Any], list[bytes]]
             offset += size
         if offset != len(data):
             raise ValueError("length mismatch")
-    except (ValueError, KeyError, struct.error, UnicodeDecodeError) as error:
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as error:
         raise HEInputError(
             f"Expected a privkeras HE {kind!r} message. Received: {len(data)} bytes that do not "
             f"parse ({error})"

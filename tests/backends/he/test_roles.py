@@ -135,6 +135,8 @@ def test_mixed_up_contexts_and_specs_are_typed_errors(setup):
         client.decrypt(outputs, foreign)
     with pytest.raises(HEInputError, match="do not parse"):
         EncryptedBatch.from_bytes(b"PKHE\xff\xff\xff\xff garbage", public)
+    with pytest.raises(HEInputError, match="do not parse"):  # valid JSON, not an object
+        EncryptedBatch.from_bytes(b"PKHE\x02\x00\x00\x00[]", public)
     with pytest.raises(HEInputError, match="SEAL rejects"):
         data = bytearray(mine.to_bytes())
         data[-200:] = bytes(200)
