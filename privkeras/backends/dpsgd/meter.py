@@ -77,6 +77,10 @@ class PrivacyMeter(keras.callbacks.Callback):
         refresh_seconds: Least time between two progress-bar estimates.
     """
 
+    #: Keras may run `on_train_batch_end` in a worker thread, as for its own callbacks:
+    #: the ledger is only written in `on_train_batch_begin`, which Keras runs in order.
+    async_safe = True
+
     def __init__(
         self,
         ledger: PrivacyLedger,
