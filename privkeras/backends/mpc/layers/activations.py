@@ -6,13 +6,15 @@ Each activation is registered by its Keras name in `ACTIVATIONS`; `Dense` and
 
 Notes:
     ReLU is exact (a secure comparison, then a multiplication by the shared
-    bit; training keeps the bit as the 0/1 mask that `backward` multiplies by). Sigmoid, tanh and softmax use the
-    runtime's documented approximations (see `docs/mpc-protocols.md`); their
-    derivatives are computed from the shared outputs, as in CrypTen.
+    bit; training keeps the bit as the 0/1 mask that `backward` multiplies
+    by). Sigmoid, tanh and softmax use the runtime's documented
+    approximations (see `docs/mpc-protocols.md`); their derivatives are
+    computed from the shared outputs, as in CrypTen.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -76,47 +78,60 @@ class SecureReLU(SecureActivation):
         return input_bound
 
 
-class SecureSigmoid(SecureActivation):
+class _ApproximatedActivation(SecureActivation):
+    """An activation computed by a runtime approximation; training caches its output y.
+
+    Subclasses give `apply` (the shared forward) and `input_gradient`, the
+    vector-Jacobian product written in terms of y.
+    """
+
+    @abc.abstractmethod
+    def apply(self, x: SharedTensor) -> SharedTensor:
+        """The activation of the shared x."""
+
+    @abc.abstractmethod
+    def input_gradient(self, grad: SharedTensor, y: SharedTensor) -> SharedTensor:
+        """The gradient with respect to the input, from the output gradient and y."""
+
+    def forward(self, x: SharedTensor, params: Mapping[str, SharedTensor], training: bool):
+        y = self.apply(x)
+        return y, (y if training else None)
+
+    def backward(
+        self,
+        grad: SharedTensor,
+        cache: Any,
+        params: Mapping[str, SharedTensor],
+        input_grad: bool = True,
+    ):
+        return self.input_gradient(grad, cache), {}
+
+
+class SecureSigmoid(_ApproximatedActivation):
     """1 / (1 + exp(-x)), by the runtime's approximation; derivative y (1 - y)."""
 
     function = "sigmoid"
 
-    def forward(self, x: SharedTensor, params: Mapping[str, SharedTensor], training: bool):
-        y = x.sigmoid()
-        return y, (y if training else None)
+    def apply(self, x: SharedTensor) -> SharedTensor:
+        return x.sigmoid()
 
-    def backward(
-        self,
-        grad: SharedTensor,
-        cache: Any,
-        params: Mapping[str, SharedTensor],
-        input_grad: bool = True,
-    ):
-        y = cache
-        return grad * (y - y.square()), {}
+    def input_gradient(self, grad: SharedTensor, y: SharedTensor) -> SharedTensor:
+        return grad * (y - y.square())
 
 
-class SecureTanh(SecureActivation):
+class SecureTanh(_ApproximatedActivation):
     """tanh(x), by the runtime's approximation; derivative 1 - y^2."""
 
     function = "tanh"
 
-    def forward(self, x: SharedTensor, params: Mapping[str, SharedTensor], training: bool):
-        y = x.tanh()
-        return y, (y if training else None)
+    def apply(self, x: SharedTensor) -> SharedTensor:
+        return x.tanh()
 
-    def backward(
-        self,
-        grad: SharedTensor,
-        cache: Any,
-        params: Mapping[str, SharedTensor],
-        input_grad: bool = True,
-    ):
-        y = cache
-        return grad - grad * y.square(), {}
+    def input_gradient(self, grad: SharedTensor, y: SharedTensor) -> SharedTensor:
+        return grad - grad * y.square()
 
 
-class SecureSoftmax(SecureActivation):
+class SecureSoftmax(_ApproximatedActivation):
     """Softmax over the last axis, by the runtime's approximation.
 
     The backward pass is the Jacobian-vector product y * (g - sum(g * y)).
@@ -126,20 +141,12 @@ class SecureSoftmax(SecureActivation):
 
     function = "softmax"
 
-    def forward(self, x: SharedTensor, params: Mapping[str, SharedTensor], training: bool):
-        y = x.softmax(axis=-1)
-        return y, (y if training else None)
+    def apply(self, x: SharedTensor) -> SharedTensor:
+        return x.softmax(axis=-1)
 
-    def backward(
-        self,
-        grad: SharedTensor,
-        cache: Any,
-        params: Mapping[str, SharedTensor],
-        input_grad: bool = True,
-    ):
-        y = cache
+    def input_gradient(self, grad: SharedTensor, y: SharedTensor) -> SharedTensor:
         inner = (grad * y).sum(axis=-1, keepdims=True)
-        return y * (grad - inner), {}
+        return y * (grad - inner)
 
 
 #: Keras activation name -> secure activation class. "linear" lowers to nothing.
