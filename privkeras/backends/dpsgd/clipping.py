@@ -70,9 +70,10 @@ class PerExampleGradientSource(abc.ABC):
     """What a rule needs from the Keras backend (implemented in tensorflow.py, torch.py)."""
 
     @abc.abstractmethod
-    def extract_patches(self, inputs: Any, layer: keras.layers.Conv2D) -> Any:
+    def extract_patches(self, inputs: Any, layer: keras.layers.Conv2D) -> tuple[Any, Any]:
         """Channels-last patches `(B, out_h, out_w, kh * kw * c_in)` of `inputs` as
-        `layer` convolves them, flattened in the kernel's `(kh, kw, c_in)` order."""
+        `layer` convolves them, and the column order: None for the kernel's
+        `(kh, kw, c_in)` order, else `order[r]` is the column of kernel row r."""
 
     def per_example_conv_kernels(self, inputs: Any, output_grad: Any, layer: Any) -> Any:
         """Per-example kernel gradients `(B, kh, kw, c_in, c_out)` of a channels-last
@@ -118,19 +119,30 @@ class LinearGrads(PerExampleGrads):
         strategy: For `(B, T, k)` inputs: `"ghost"` (Gram matrices, cost
             `T^2 (k + p)` per example), `"materialize"` (`a_i^T g_i`, cost
             `T k p`), or `"auto"` to take the cheaper.
+        row_order: If the k columns of `inputs` are permuted, `row_order[r]`
+            is the column holding kernel row r.
     """
 
     STRATEGIES: ClassVar[tuple[str, ...]] = ("auto", "ghost", "materialize")
     #: Largest per-example kernel (k * p floats) that "auto" materializes.
     MAX_MATERIALIZED: ClassVar[int] = 1 << 20
 
-    def __init__(self, inputs, output_grad, kernel_shape, bias: bool, strategy: str = "auto"):
+    def __init__(
+        self,
+        inputs,
+        output_grad,
+        kernel_shape,
+        bias: bool,
+        strategy: str = "auto",
+        row_order: Any = None,
+    ):
         if strategy not in self.STRATEGIES:
             raise ValueError(
                 f"Expected strategy in {list(self.STRATEGIES)}. Received: strategy={strategy!r}"
             )
         self.a, self.g = inputs, output_grad
         self.kernel_shape = tuple(kernel_shape)
+        self.row_order = row_order
         self.bias = bias
         self.sequence = len(inputs.shape) == 3
         k, p = int(inputs.shape[-1]), int(output_grad.shape[-1])
@@ -175,6 +187,8 @@ class LinearGrads(PerExampleGrads):
             a = ops.reshape(self.a, (-1, self.k))
             g = ops.reshape(self.g * weights[:, None, None], (-1, self.p))
             kernel = ops.matmul(ops.transpose(a), g)
+        if self.row_order is not None:  # Norms ignore the order; the sum must not.
+            kernel = ops.take(kernel, self.row_order, axis=0)
         grads = [ops.reshape(kernel, self.kernel_shape)]
         if self.bias:
             grads.append(ops.sum(self._bias_rows() * weights[:, None], axis=0))
@@ -390,11 +404,11 @@ class Conv2DRule(ClippingRule):
         if kernels is not None:
             bias = [ops.sum(tap_grad, axis=(1, 2))] if layer.use_bias else []
             return MaterializedGrads([kernels, *bias])
-        patches = source.extract_patches(inputs, layer)
+        patches, order = source.extract_patches(inputs, layer)
         positions = int(patches.shape[1]) * int(patches.shape[2])
         patches = ops.reshape(patches, (-1, positions, int(patches.shape[-1])))
         tap_grad = ops.reshape(tap_grad, (-1, positions, layer.filters))
-        return LinearGrads(patches, tap_grad, layer.kernel.shape, layer.use_bias)
+        return LinearGrads(patches, tap_grad, layer.kernel.shape, layer.use_bias, row_order=order)
 
 
 @register_clipping_rule(keras.layers.Embedding)

@@ -85,7 +85,8 @@ class PerExampleLoss:
         return self.reduction == "sum"
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        """`(B,)` losses: `Loss.call`, averaged over non-batch axes, times the weights."""
+        """`(B,)` losses: `Loss.call`, averaged over non-batch axes, times the weights
+        (negative weights count as zero)."""
         dtype = self.loss.dtype
         values = self.loss.call(
             ops.convert_to_tensor(y_true, dtype=dtype), ops.convert_to_tensor(y_pred, dtype=dtype)
@@ -93,7 +94,8 @@ class PerExampleLoss:
         if len(values.shape) > 1:
             values = ops.mean(values, axis=tuple(range(1, len(values.shape))))
         if sample_weight is not None:
-            values = values * ops.cast(sample_weight, values.dtype)
+            # A negative weight marks a placeholder row (see `sampling.PLACEHOLDER_WEIGHT`).
+            values = values * ops.maximum(ops.cast(sample_weight, values.dtype), 0.0)
         return values
 
     def check(self, model: keras.Model, x: np.ndarray, y: np.ndarray) -> None:

@@ -28,6 +28,7 @@ from privkeras.core.random import SecureStream
 from privkeras.errors import PrivacyPolicyError, format_received
 
 __all__ = [
+    "PLACEHOLDER_WEIGHT",
     "BatchSampler",
     "PoissonSampler",
     "SampledBatches",
@@ -35,6 +36,12 @@ __all__ = [
     "TrainingArrays",
     "make_sampler",
 ]
+
+
+#: Sample weight of a placeholder row: it stands for an empty batch, contributes
+#: no loss, gradient or metric, and exists because some backends cannot
+#: differentiate through empty tensors.
+PLACEHOLDER_WEIGHT = -1.0
 
 
 class _Uniforms:
@@ -165,6 +172,11 @@ class TrainingArrays:
                     f"Expected sample_weight of shape ({n},). "
                     + format_received(sample_weight_shape=sample_weight.shape)
                 )
+            if (sample_weight < 0).any() or not np.isfinite(sample_weight).all():
+                raise PrivacyPolicyError(
+                    "Expected sample_weight >= 0 and finite. "
+                    + format_received(smallest=float(np.nanmin(sample_weight)))
+                )
             weights = weights * sample_weight
         if class_weight:
             labels = self.y.reshape(n, -1)
@@ -213,24 +225,32 @@ class SampledBatches(keras.utils.PyDataset):
     Args:
         arrays: The training arrays.
         sampler: Chooses each step's examples.
+        pad_empty: Send an empty batch as one placeholder row of weight
+            `PLACEHOLDER_WEIGHT` (for backends that cannot handle empty ones).
     """
 
-    def __init__(self, arrays: TrainingArrays, sampler: BatchSampler):
+    def __init__(self, arrays: TrainingArrays, sampler: BatchSampler, pad_empty: bool = False):
         super().__init__()
         self.arrays = arrays
         self.sampler = sampler
+        self.pad_empty = pad_empty
 
     def __len__(self) -> int:
         return self.sampler.steps_per_epoch
 
     def __getitem__(self, index: int):
-        return self.arrays.take(self.sampler.batch(index))
+        indices = self.sampler.batch(index)
+        if len(indices) or not self.pad_empty:
+            return self.arrays.take(indices)
+        x, y, weights = self.arrays.take(np.zeros(1, dtype=np.int64))
+        return x, y, np.full_like(weights, PLACEHOLDER_WEIGHT)
 
     def on_epoch_begin(self) -> None:
         self.sampler.start_epoch()
 
-    def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """One epoch of batches, for pipelines that iterate (tf.data)."""
-        self.sampler.start_epoch()
-        for index in range(len(self)):
-            yield self[index]
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batch `index` of the epoch, starting a new epoch at index 0 (for pipelines
+        that call by index without the `PyDataset` epoch hooks, such as tf.data)."""
+        if index == 0:
+            self.sampler.start_epoch()
+        return self[index]

@@ -107,10 +107,12 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         self._check_coverage()
         self._variables = list(model.trainable_variables)
         self._noise_size = sum(int(np.prod(v.shape)) for v in self._variables)
-        std = config.noise_multiplier * config.l2_norm_clip
+        # The noise of the mean: sigma C on the sum, divided as the sum is.
+        std = config.noise_multiplier * config.l2_norm_clip / config.divisor
+        self._noise_std = std
         self._host_noise = None
         self._noise_seed = None
-        if std > 0 and (config.secure_noise or self.computes_on_host()):
+        if std > 0 and (config.secure_noise or self.prefers_host_noise()):
             self._host_noise = HostNoise(self._noise_size, std, secure=config.secure_noise)
         elif std > 0:
             self._noise_seed = keras.random.SeedGenerator()
@@ -163,6 +165,14 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
 
     def private_gradients(self, taps: list[Tap], tap_grads: list[Any]) -> list[Any]:
         """Clipped, summed, noised, scaled gradients aligned with the trainable variables."""
+        return self.add_noise(self.clipped_sums(taps, tap_grads))
+
+    def clipped_sums(self, taps: list[Tap], tap_grads: list[Any]) -> list[Any]:
+        """`sum_i c_i grad_i / divisor` per trainable variable, `c_i = min(1, C / |grad_i|)`.
+
+        The division is folded into the per-example factors (B numbers) rather
+        than applied to the sums (one pass over every weight).
+        """
         views = []
         for tap, grad in zip(taps, tap_grads):
             if grad is None:
@@ -173,16 +183,19 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
             part = view.squared_norms()
             squared = part if squared is None else squared + part
         factors = clipping.clip_factors(squared, self.config.l2_norm_clip)
+        factors = factors * (1.0 / self.config.divisor)
         by_variable = {}
         for tap, view in views:
             variables = tap.plan.rule.variables(tap.plan.layer)
             for variable, grad in zip(variables, view.weighted_sum(factors)):
                 by_variable[id(variable)] = grad
-        noises = self.noise()
-        return [
-            (by_variable[id(v)] + noise) / self.config.divisor
-            for v, noise in zip(self._variables, noises)
-        ]
+        return [by_variable[id(v)] for v in self._variables]
+
+    def add_noise(self, means: list[Any]) -> list[Any]:
+        """`means + N(0, (sigma C / divisor)^2)` per coordinate (nothing without noise)."""
+        if self._noise_std == 0:
+            return means
+        return [ops.add(mean, noise) for mean, noise in zip(means, self.noise())]
 
     def _per_example(self, tap: Tap, grad: Any) -> clipping.PerExampleGrads:
         layer = tap.plan.layer
@@ -198,27 +211,32 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
             ) from error
 
     def noise(self) -> list[Any]:
-        """N(0, (sigma C)^2) per coordinate of every trainable variable.
+        """N(0, (sigma C / divisor)^2) per coordinate of every trainable variable.
 
-        Drawn on the host one step ahead (`HostNoise`) when the model runs on
-        the CPU or `secure_noise` is set; otherwise by the Keras backend's
-        generator inside the step.
+        From the host one step ahead (`HostNoise`) with `secure_noise` or when
+        the backend prefers it; otherwise from the backend inside the step.
         """
-        std = self.config.noise_multiplier * self.config.l2_norm_clip
-        if std == 0:
-            return [ops.zeros(v.shape, dtype=v.dtype) for v in self._variables]
-        if self._host_noise is None:
+        std = self._noise_std
+        if self._host_noise is not None:
+            flat = self.host_noise(self._host_noise)
+        else:
+            flat = self.step_noise(self._noise_size, std)
+        if flat is None:
             return [
                 keras.random.normal(v.shape, stddev=std, dtype=v.dtype, seed=self._noise_seed)
                 for v in self._variables
             ]
-        flat = self.host_noise(self._host_noise)
         noises, start = [], 0
         for v in self._variables:
             size = int(np.prod(v.shape))
             noises.append(ops.reshape(flat[start : start + size], v.shape))
             start += size
         return noises
+
+    def step_noise(self, size: int, std: float) -> Any:
+        """A flat tensor of `size` N(0, std^2) drawn in the step, or None for Keras's
+        generator per variable."""
+        return None
 
     def regularization(self) -> Any:
         """Sum of the weight regularizers (data-independent), or None."""
@@ -230,15 +248,21 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         if reg_grads is not None:
             grads = [g if r is None else g + r for g, r in zip(grads, reg_grads)]
         self.apply(grads)
-        count = ops.shape(losses)[0]
+        real = ops.greater_equal(sample_weight, 0.0)
+        count = ops.sum(ops.cast(real, losses.dtype))
         total = ops.sum(losses)
-        loss = total if self.loss.sums else total / ops.maximum(ops.cast(count, total.dtype), 1.0)
+        loss = total if self.loss.sums else total / ops.maximum(count, 1.0)
         if regularization is not None:
             loss = loss + regularization
         tracker = getattr(self.model, "_loss_tracker", None)
         if tracker is not None:
             tracker.update_state(loss, sample_weight=count)
+        x, y, y_pred, sample_weight = self.real_rows(real, x, y, y_pred, sample_weight)
         return self.model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def real_rows(self, real: Any, *tensors: Any) -> tuple[Any, ...]:
+        """The rows of `tensors` that are real examples (placeholders are dropped)."""
+        return tensors
 
     def apply(self, grads: list[Any]) -> None:
         self.model.optimizer.apply(grads, self._variables)
@@ -249,8 +273,8 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         """One DP-SGD step on `data = (x, y, sample_weight)`; returns the logs."""
 
     @abc.abstractmethod
-    def computes_on_host(self) -> bool:
-        """Whether the step runs on the CPU (then host-drawn noise is the faster)."""
+    def prefers_host_noise(self) -> bool:
+        """Whether noise drawn on the host one step ahead is faster than in the step."""
 
     @abc.abstractmethod
     def host_noise(self, source: HostNoise) -> Any:

@@ -173,7 +173,8 @@ def test_secure_noise_comes_from_the_secure_stream(data, monkeypatch):
     start = model.get_weights()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     size = sum(w.size for w in start)
-    assert ((size,), 3.0) in calls and len(calls) >= 4  # one draw per step (plus one ahead)
+    # sigma C = 3 on the sum of a batch of 16: std 3 / 16 on the mean, one draw per step.
+    assert ((size,), 3.0 / 16) in calls and len(calls) >= 4
     assert model.privacy_report()["secure_noise"] is True
     assert not all(np.array_equal(a, b) for a, b in zip(start, model.get_weights()))
 
