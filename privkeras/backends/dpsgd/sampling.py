@@ -248,9 +248,15 @@ class SampledBatches(keras.utils.PyDataset):
     def on_epoch_begin(self) -> None:
         self.sampler.start_epoch()
 
-    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Batch `index` of the epoch, starting a new epoch at index 0 (for pipelines
-        that call by index without the `PyDataset` epoch hooks, such as tf.data)."""
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of batch `index` of the epoch, and whether the batch is a
+        placeholder (empty, with `pad_empty`); starts a new epoch at index 0.
+
+        For pipelines that call by index and gather themselves (tf.data).
+        """
         if index == 0:
             self.sampler.start_epoch()
-        return self[index]
+        indices = self.sampler.batch(index)
+        if len(indices) or not self.pad_empty:
+            return indices.astype(np.int64), np.bool_(False)
+        return np.zeros(1, dtype=np.int64), np.bool_(True)

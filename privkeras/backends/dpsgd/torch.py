@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,7 +58,7 @@ class TorchDPTrainer(DPTrainer):
         return regularization.detach(), list(grads)
 
     # -- clipping.PerExampleGradientSource ---------------------------------------------
-    def extract_patches(self, inputs: Any, layer: keras.layers.Conv2D) -> Any:
+    def extract_patches(self, inputs: Any, layer: keras.layers.Conv2D) -> tuple[Any, Any]:
         (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
         if layer.padding == "same":
             top, bottom = same_padding(inputs.shape[1], kh, sh, dh)
@@ -93,17 +92,9 @@ class TorchDPTrainer(DPTrainer):
 
     # -- noise and data ----------------------------------------------------------------
     def prefers_host_noise(self) -> bool:
-        # torch's vectorized normal_ (0.9 ms per 270k samples on one core) beats a
-        # host thread competing with torch's own threads for the CPU.
-        return False
-
-    def step_noise(self, size: int, std: float) -> Any:
-        device = self._variables[0].value.device
-        if getattr(self, "_generator", None) is None:
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(int(np.random.randint(0, 2**62)))
-        flat = torch.empty(size, device=device)
-        return flat.normal_(0.0, std, generator=self._generator)
+        # On CPU the host sampler (AES-CTR Box-Muller, 0.6 ms per 270k samples, drawn
+        # one step ahead) beats torch's normal_ (0.9 ms, in the step).
+        return all(v.value.device.type == "cpu" for v in self._variables)
 
     def host_noise(self, source: HostNoise) -> Any:
         device = self._variables[0].value.device

@@ -159,23 +159,37 @@ def test_noise_has_the_stated_scale():
 
 
 @pytest.mark.multi_backend
-def test_secure_noise_comes_from_the_secure_stream(data, monkeypatch):
+@pytest.mark.parametrize("secure", [True, False])
+def test_noise_and_sampling_come_from_the_secure_stream(data, monkeypatch, secure):
+    """Noise and Poisson draws read AES-CTR keystream from `SecureStream`: keyed from
+    os.urandom with secure_noise, from the (reproducible) numpy seed without."""
     x, y = data
-    calls = []
-    original = SecureStream.gaussian
+    reads, uniforms = [], []
+    original_bytes, original_uniform = SecureStream.random_bytes, SecureStream.uniform
 
-    def counting(self, shape, std=1.0):
-        calls.append((shape, std))
-        return original(self, shape, std)
+    def recording_bytes(self, n):
+        reads.append((self.seeded, n))
+        return original_bytes(self, n)
 
-    monkeypatch.setattr(SecureStream, "gaussian", counting)
-    model = _model(privacy=_policy(secure_noise=True, noise_multiplier=1.5, l2_norm_clip=2.0))
+    def recording_uniform(self, shape):
+        uniforms.append((self.seeded, shape))
+        return original_uniform(self, shape)
+
+    monkeypatch.setattr(SecureStream, "random_bytes", recording_bytes)
+    monkeypatch.setattr(SecureStream, "uniform", recording_uniform)
+    model = _model(privacy=_policy(secure_noise=secure))
     start = model.get_weights()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     size = sum(w.size for w in start)
-    # sigma C = 3 on the sum of a batch of 16: std 3 / 16 on the mean, one draw per step.
-    assert ((size,), 3.0 / 16) in calls and len(calls) >= 4
-    assert model.privacy_report()["secure_noise"] is True
+    noise_reads = [seeded for seeded, n in reads if n == 8 * ((size + 1) // 2)]
+    assert len(noise_reads) >= 4  # one draw per step, plus one drawn ahead
+    assert set(noise_reads) == {not secure}
+    if secure:  # the Poisson draws too
+        assert [shape for _, shape in uniforms].count(N) >= 4
+        assert {seeded for seeded, _ in uniforms} == {False}
+    else:
+        assert uniforms == []  # numpy's generator, seeded like the rest of Keras
+    assert model.privacy_report()["secure_noise"] is secure
     assert not all(np.array_equal(a, b) for a, b in zip(start, model.get_weights()))
 
 
