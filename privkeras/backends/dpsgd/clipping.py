@@ -67,7 +67,17 @@ __all__ = [
 
 
 class PerExampleGradientSource(abc.ABC):
-    """What a rule needs from the Keras backend (implemented in tensorflow.py, torch.py)."""
+    """What a rule needs from the Keras backend (implemented in tensorflow.py, torch.py).
+
+    `array_ops` is the namespace the per-example math runs on: `keras.ops` by
+    default; a backend may give a faster one with the same functions
+    (`sum`, `square`, `sqrt`, `matmul`, `tensordot`, `transpose`, `reshape`,
+    `cast`, `equal`, `take`, `segment_sum`, `maximum`, `minimum`, `add`). Under
+    torch, `keras.ops` converts every argument on every call: about 10 us a
+    call, 1 ms per MLP step.
+    """
+
+    array_ops: Any = ops
 
     @abc.abstractmethod
     def extract_patches(self, inputs: Any, layer: keras.layers.Conv2D) -> tuple[Any, Any]:
@@ -103,9 +113,9 @@ class PerExampleGrads(abc.ABC):
         """`sum_i weights_i * grad_i`, one tensor per variable, in the rule's order."""
 
 
-def _sum_squares(x: Any) -> Any:
+def _sum_squares(x: Any, xp: Any = ops) -> Any:
     axes = tuple(range(1, len(x.shape)))
-    return ops.sum(ops.square(x), axis=axes) if axes else ops.square(x)
+    return xp.sum(xp.square(x), axis=axes) if axes else xp.square(x)
 
 
 class LinearGrads(PerExampleGrads):
@@ -121,6 +131,7 @@ class LinearGrads(PerExampleGrads):
             `T k p`), or `"auto"` to take the cheaper.
         row_order: If the k columns of `inputs` are permuted, `row_order[r]`
             is the column holding kernel row r.
+        xp: The array namespace (`keras.ops` or a faster one with its names).
     """
 
     STRATEGIES: ClassVar[tuple[str, ...]] = ("auto", "ghost", "materialize")
@@ -135,11 +146,13 @@ class LinearGrads(PerExampleGrads):
         bias: bool,
         strategy: str = "auto",
         row_order: Any = None,
+        xp: Any = ops,
     ):
         if strategy not in self.STRATEGIES:
             raise ValueError(
                 f"Expected strategy in {list(self.STRATEGIES)}. Received: strategy={strategy!r}"
             )
+        self.xp = xp
         self.a, self.g = inputs, output_grad
         self.kernel_shape = tuple(kernel_shape)
         self.row_order = row_order
@@ -159,39 +172,39 @@ class LinearGrads(PerExampleGrads):
 
     def _kernels(self):
         if self._per_example_kernel is None:  # (B, k, p), built once per step
-            self._per_example_kernel = ops.matmul(ops.transpose(self.a, (0, 2, 1)), self.g)
+            self._per_example_kernel = self.xp.matmul(self.xp.transpose(self.a, (0, 2, 1)), self.g)
         return self._per_example_kernel
 
     def _bias_rows(self):
-        return ops.sum(self.g, axis=1) if self.sequence else self.g
+        return self.xp.sum(self.g, axis=1) if self.sequence else self.g
 
     def squared_norms(self):
         if not self.sequence:
-            norms = _sum_squares(self.a) * _sum_squares(self.g)
+            norms = _sum_squares(self.a, self.xp) * _sum_squares(self.g, self.xp)
         elif self.strategy == "materialize":
-            norms = _sum_squares(self._kernels())
+            norms = _sum_squares(self._kernels(), self.xp)
         else:
-            gram_a = ops.matmul(self.a, ops.transpose(self.a, (0, 2, 1)))
-            gram_g = ops.matmul(self.g, ops.transpose(self.g, (0, 2, 1)))
-            norms = ops.sum(gram_a * gram_g, axis=(1, 2))
+            gram_a = self.xp.matmul(self.a, self.xp.transpose(self.a, (0, 2, 1)))
+            gram_g = self.xp.matmul(self.g, self.xp.transpose(self.g, (0, 2, 1)))
+            norms = self.xp.sum(gram_a * gram_g, axis=(1, 2))
         if self.bias:
-            norms = norms + _sum_squares(self._bias_rows())
+            norms = norms + _sum_squares(self._bias_rows(), self.xp)
         return norms
 
     def weighted_sum(self, weights):
         if not self.sequence:
-            kernel = ops.matmul(ops.transpose(self.a), self.g * weights[:, None])
+            kernel = self.xp.matmul(self.xp.transpose(self.a), self.g * weights[:, None])
         elif self.strategy == "materialize":
-            kernel = ops.tensordot(weights, self._kernels(), axes=1)
+            kernel = self.xp.tensordot(weights, self._kernels(), axes=1)
         else:
-            a = ops.reshape(self.a, (-1, self.k))
-            g = ops.reshape(self.g * weights[:, None, None], (-1, self.p))
-            kernel = ops.matmul(ops.transpose(a), g)
+            a = self.xp.reshape(self.a, (-1, self.k))
+            g = self.xp.reshape(self.g * weights[:, None, None], (-1, self.p))
+            kernel = self.xp.matmul(self.xp.transpose(a), g)
         if self.row_order is not None:  # Norms ignore the order; the sum must not.
-            kernel = ops.take(kernel, self.row_order, axis=0)
-        grads = [ops.reshape(kernel, self.kernel_shape)]
+            kernel = self.xp.take(kernel, self.row_order, axis=0)
+        grads = [self.xp.reshape(kernel, self.kernel_shape)]
         if self.bias:
-            grads.append(ops.sum(self._bias_rows() * weights[:, None], axis=0))
+            grads.append(self.xp.sum(self._bias_rows() * weights[:, None], axis=0))
         return grads
 
 
@@ -204,24 +217,27 @@ class EmbeddingGrads(PerExampleGrads):
         vocabulary_size: Rows of the table.
     """
 
-    def __init__(self, ids, output_grad, vocabulary_size: int):
+    def __init__(self, ids, output_grad, vocabulary_size: int, xp: Any = ops):
+        self.xp = xp
         d = int(output_grad.shape[-1])
         positions = math.prod(int(s) for s in ids.shape[1:])
-        self.ids = ops.reshape(ops.cast(ids, "int32"), (-1, positions))
-        self.g = ops.reshape(output_grad, (-1, positions, d))
+        self.ids = self.xp.reshape(self.xp.cast(ids, "int32"), (-1, positions))
+        self.g = self.xp.reshape(output_grad, (-1, positions, d))
         self.d, self.positions, self.vocabulary_size = d, positions, vocabulary_size
 
     def squared_norms(self):
         if self.positions == 1:
-            return _sum_squares(self.g)
-        same_row = ops.cast(ops.equal(self.ids[:, :, None], self.ids[:, None, :]), self.g.dtype)
-        gram_g = ops.matmul(self.g, ops.transpose(self.g, (0, 2, 1)))
-        return ops.sum(same_row * gram_g, axis=(1, 2))
+            return _sum_squares(self.g, self.xp)
+        same_row = self.xp.cast(
+            self.xp.equal(self.ids[:, :, None], self.ids[:, None, :]), self.g.dtype
+        )
+        gram_g = self.xp.matmul(self.g, self.xp.transpose(self.g, (0, 2, 1)))
+        return self.xp.sum(same_row * gram_g, axis=(1, 2))
 
     def weighted_sum(self, weights):
-        rows = ops.reshape(self.g * weights[:, None, None], (-1, self.d))
-        table = ops.segment_sum(
-            rows, ops.reshape(self.ids, (-1,)), num_segments=self.vocabulary_size
+        rows = self.xp.reshape(self.g * weights[:, None, None], (-1, self.d))
+        table = self.xp.segment_sum(
+            rows, self.xp.reshape(self.ids, (-1,)), num_segments=self.vocabulary_size
         )
         return [table]
 
@@ -229,18 +245,19 @@ class EmbeddingGrads(PerExampleGrads):
 class MaterializedGrads(PerExampleGrads):
     """Explicit per-example gradients, `(B, *variable.shape)` per variable."""
 
-    def __init__(self, grads: Sequence[Any]):
+    def __init__(self, grads: Sequence[Any], xp: Any = ops):
+        self.xp = xp
         self.grads = list(grads)
 
     def squared_norms(self):
         norms = None
         for grad in self.grads:
-            part = _sum_squares(grad)
+            part = _sum_squares(grad, self.xp)
             norms = part if norms is None else norms + part
         return norms
 
     def weighted_sum(self, weights):
-        return [ops.tensordot(weights, grad, axes=1) for grad in self.grads]
+        return [self.xp.tensordot(weights, grad, axes=1) for grad in self.grads]
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -251,10 +268,10 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[in
     return total // 2, total - total // 2
 
 
-def clip_factors(squared_norms: Any, l2_norm_clip: float) -> Any:
+def clip_factors(squared_norms: Any, l2_norm_clip: float, xp: Any = ops) -> Any:
     """`min(1, C / norm_i)` per example (1 for a zero gradient)."""
-    norms = ops.sqrt(ops.maximum(squared_norms, 0.0))
-    return ops.minimum(1.0, l2_norm_clip / ops.maximum(norms, 1e-12))
+    norms = xp.sqrt(xp.maximum(squared_norms, 0.0))
+    return xp.minimum(1.0, l2_norm_clip / xp.maximum(norms, 1e-12))
 
 
 # -- rules ------------------------------------------------------------------------------
@@ -362,12 +379,13 @@ class DenseRule(ClippingRule):
         return z, _with_mask_of(outputs, inputs)
 
     def per_example(self, layer, inputs, tap_grad, source):
-        inputs = ops.cast(inputs, layer.compute_dtype)
+        xp = source.array_ops
+        inputs = xp.cast(inputs, layer.compute_dtype)
         if len(inputs.shape) > 3:  # (B, d1, ..., k): every position shares the kernel.
             positions = math.prod(int(s) for s in inputs.shape[1:-1])
-            inputs = ops.reshape(inputs, (-1, positions, int(inputs.shape[-1])))
-            tap_grad = ops.reshape(tap_grad, (-1, positions, int(tap_grad.shape[-1])))
-        return LinearGrads(inputs, tap_grad, layer.kernel.shape, layer.bias is not None)
+            inputs = xp.reshape(inputs, (-1, positions, int(inputs.shape[-1])))
+            tap_grad = xp.reshape(tap_grad, (-1, positions, int(tap_grad.shape[-1])))
+        return LinearGrads(inputs, tap_grad, layer.kernel.shape, layer.bias is not None, xp=xp)
 
 
 @register_clipping_rule(keras.layers.Conv2D)
@@ -396,19 +414,22 @@ class Conv2DRule(ClippingRule):
         return z, outputs
 
     def per_example(self, layer, inputs, tap_grad, source):
-        inputs = ops.cast(inputs, layer.compute_dtype)
+        xp = source.array_ops
+        inputs = xp.cast(inputs, layer.compute_dtype)
         if layer.data_format == "channels_first":
-            inputs = ops.transpose(inputs, (0, 2, 3, 1))
-            tap_grad = ops.transpose(tap_grad, (0, 2, 3, 1))
+            inputs = xp.transpose(inputs, (0, 2, 3, 1))
+            tap_grad = xp.transpose(tap_grad, (0, 2, 3, 1))
         kernels = source.per_example_conv_kernels(inputs, tap_grad, layer)
         if kernels is not None:
-            bias = [ops.sum(tap_grad, axis=(1, 2))] if layer.use_bias else []
-            return MaterializedGrads([kernels, *bias])
+            bias = [xp.sum(tap_grad, axis=(1, 2))] if layer.use_bias else []
+            return MaterializedGrads([kernels, *bias], xp=xp)
         patches, order = source.extract_patches(inputs, layer)
         positions = int(patches.shape[1]) * int(patches.shape[2])
-        patches = ops.reshape(patches, (-1, positions, int(patches.shape[-1])))
-        tap_grad = ops.reshape(tap_grad, (-1, positions, layer.filters))
-        return LinearGrads(patches, tap_grad, layer.kernel.shape, layer.use_bias, row_order=order)
+        patches = xp.reshape(patches, (-1, positions, int(patches.shape[-1])))
+        tap_grad = xp.reshape(tap_grad, (-1, positions, layer.filters))
+        return LinearGrads(
+            patches, tap_grad, layer.kernel.shape, layer.use_bias, row_order=order, xp=xp
+        )
 
 
 @register_clipping_rule(keras.layers.Embedding)
@@ -432,7 +453,7 @@ class EmbeddingRule(ClippingRule):
         return outputs, outputs
 
     def per_example(self, layer, inputs, tap_grad, source):
-        return EmbeddingGrads(inputs, tap_grad, layer.input_dim)
+        return EmbeddingGrads(inputs, tap_grad, layer.input_dim, xp=source.array_ops)
 
 
 class PerExampleFallbackRule(ClippingRule):
@@ -445,7 +466,8 @@ class PerExampleFallbackRule(ClippingRule):
         return outputs, outputs
 
     def per_example(self, layer, inputs, tap_grad, source):
-        return MaterializedGrads(source.per_example_gradients(layer, inputs, tap_grad))
+        grads = source.per_example_gradients(layer, inputs, tap_grad)
+        return MaterializedGrads(grads, xp=source.array_ops)
 
 
 FALLBACK = PerExampleFallbackRule()

@@ -21,8 +21,62 @@ from privkeras.backends.dpsgd.trainer import DPTrainer
 __all__ = ["TorchDPTrainer"]
 
 
+class TorchArrayOps:
+    """The `keras.ops` functions the clipping math uses, straight on torch tensors.
+
+    Same names and meaning as `keras.ops`; skipping Keras's argument
+    conversion (about 10 us a call under torch) saves 1 ms per MLP step.
+    """
+
+    square = staticmethod(torch.square)
+    sqrt = staticmethod(torch.sqrt)
+    matmul = staticmethod(torch.matmul)
+    add = staticmethod(torch.add)
+    equal = staticmethod(torch.eq)
+    reshape = staticmethod(torch.reshape)
+
+    @staticmethod
+    def sum(x, axis=None):
+        return torch.sum(x) if axis is None else torch.sum(x, dim=axis)
+
+    @staticmethod
+    def tensordot(a, b, axes):
+        return torch.tensordot(a, b, dims=axes)
+
+    @staticmethod
+    def transpose(x, axes=None):
+        return x.permute(*(reversed(range(x.ndim)) if axes is None else axes))
+
+    @staticmethod
+    def cast(x, dtype):
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        return x if x.dtype == dtype else x.to(dtype)
+
+    @staticmethod
+    def take(x, indices, axis):
+        indices = torch.as_tensor(indices, dtype=torch.long, device=x.device)
+        return torch.index_select(x, axis, indices)
+
+    @staticmethod
+    def segment_sum(data, segment_ids, num_segments):
+        out = data.new_zeros((num_segments, *data.shape[1:]))
+        return out.index_add_(0, segment_ids.long(), data)
+
+    @staticmethod
+    def maximum(x, y):
+        return torch.clamp_min(x, y) if isinstance(y, (int, float)) else torch.maximum(x, y)
+
+    @staticmethod
+    def minimum(x, y):
+        if isinstance(x, (int, float)):
+            x, y = y, x
+        return torch.clamp_max(x, y) if isinstance(y, (int, float)) else torch.minimum(x, y)
+
+
 class TorchDPTrainer(DPTrainer):
     """`DPTrainer` on `torch.autograd`."""
+
+    array_ops = TorchArrayOps
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

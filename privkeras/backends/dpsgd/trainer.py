@@ -182,7 +182,7 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         for _, view in views:
             part = view.squared_norms()
             squared = part if squared is None else squared + part
-        factors = clipping.clip_factors(squared, self.config.l2_norm_clip)
+        factors = clipping.clip_factors(squared, self.config.l2_norm_clip, self.array_ops)
         factors = factors * (1.0 / self.config.divisor)
         by_variable = {}
         for tap, view in views:
@@ -195,7 +195,7 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         """`means + N(0, (sigma C / divisor)^2)` per coordinate (nothing without noise)."""
         if self._noise_std == 0:
             return means
-        return [ops.add(mean, noise) for mean, noise in zip(means, self.noise())]
+        return [self.array_ops.add(mean, noise) for mean, noise in zip(means, self.noise())]
 
     def _per_example(self, tap: Tap, grad: Any) -> clipping.PerExampleGrads:
         layer = tap.plan.layer
@@ -229,7 +229,7 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         noises, start = [], 0
         for v in self._variables:
             size = int(np.prod(v.shape))
-            noises.append(ops.reshape(flat[start : start + size], v.shape))
+            noises.append(self.array_ops.reshape(flat[start : start + size], tuple(v.shape)))
             start += size
         return noises
 
