@@ -34,10 +34,10 @@ def test_buffers_rotate():
 
 def test_host_noise_is_reproducible_from_the_numpy_seed_and_secure_is_not():
     draws = []
-    for _ in range(2):
+    for ahead in (False, True):  # drawn in the step, or one step ahead: same sequence
         np.random.seed(5)
-        noise = HostNoise(10, 1.0, secure=False)
-        draws.append([noise.take().copy() for _ in range(3)])
+        noise = HostNoise(10, 1.0, secure=False, ahead=ahead)
+        draws.append([noise.take().copy() for _ in range(4)])
         noise.close()
     np.testing.assert_array_equal(np.array(draws[0]), np.array(draws[1]))
     assert not np.array_equal(draws[0][0], draws[0][1])
