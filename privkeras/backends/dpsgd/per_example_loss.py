@@ -102,10 +102,21 @@ class PerExampleLoss:
         """Checks on two examples that the loss gives one value per example.
 
         Raises:
-            PrivacyPolicyError: When the loss reduces over the batch.
+            PrivacyPolicyError: When the loss reduces over the batch, or the
+                outputs carry a mask.
         """
+        from keras.src.backend.common import masking  # Keras keeps masks on tensors.
+
         count = min(2, len(x))
-        values = self(y[:count], model(x[:count], training=False))
+        predictions = model(x[:count], training=False)
+        if masking.get_keras_mask(predictions) is not None:
+            raise PrivacyPolicyError(
+                "DP-SGD does not apply output masks to the per-example losses (a masked "
+                "loss averages over the unmasked positions of the batch). Expected model "
+                "outputs without a Keras mask. Received: outputs masked by an earlier layer "
+                "(for example Embedding(mask_zero=True))."
+            )
+        values = self(y[:count], predictions)
         shape = tuple(values.shape)
         if len(shape) != 1 or shape[0] != count:
             raise PrivacyPolicyError(

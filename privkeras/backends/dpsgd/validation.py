@@ -52,10 +52,26 @@ def check_model_options(model: keras.Model) -> None:
     """Refuses compile options the DP-SGD step does not honour.
 
     Raises:
-        PrivacyPolicyError: For `steps_per_execution` > 1 or no optimizer.
+        PrivacyPolicyError: For no optimizer, `steps_per_execution` > 1,
+            `loss_weights`, or a mixed-precision dtype policy.
     """
     if getattr(model, "optimizer", None) is None:
         raise PrivacyPolicyError("DP-SGD expected the model to be compiled with an optimizer.")
+    # Keras keeps compile's arguments there (get_compile_config would also serialize,
+    # and warn about, a lambda loss).
+    compiled = getattr(getattr(model, "_compile_config", None), "config", {}) or {}
+    loss_weights = compiled.get("loss_weights")
+    if loss_weights is not None:
+        raise PrivacyPolicyError(
+            "DP-SGD clips the gradient of the one compiled loss; it expected "
+            f"loss_weights=None. Received: loss_weights={loss_weights!r}"
+        )
+    policy = getattr(model.dtype_policy, "name", str(model.dtype_policy))
+    if policy.startswith("mixed"):
+        raise PrivacyPolicyError(
+            "DP-SGD computes per-example norms in the compute dtype, where float16 overflows; "
+            f"it expected a float32 dtype policy. Received: dtype_policy={policy!r}"
+        )
     steps = getattr(model, "steps_per_execution", 1)
     if steps != 1:
         raise PrivacyPolicyError(

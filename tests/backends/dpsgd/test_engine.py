@@ -291,6 +291,33 @@ def test_bad_fit_arguments(data, kwargs, message):
         model.fit(**args)
 
 
+def test_loss_weights_masks_and_mixed_precision_are_refused(data):
+    x, y = data
+    model = pk.PrivateSequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", loss_weights=[2.0], privacy=_policy())
+    with pytest.raises(PrivacyPolicyError, match="loss_weights=None"):
+        model.fit(x, y, batch_size=16, verbose=0)
+    ids = np.random.default_rng(0).integers(0, 5, size=(N, 3))
+    masked = pk.PrivateSequential(
+        [
+            keras.Input((3,), dtype="int32"),
+            keras.layers.Embedding(5, 2, mask_zero=True),
+            keras.layers.Dense(1),
+        ]
+    )
+    masked.compile(optimizer="sgd", loss="mse", privacy=_policy())
+    with pytest.raises(PrivacyPolicyError, match="output masks"):
+        masked.fit(ids, np.zeros((N, 3, 1)), batch_size=16, verbose=0)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = pk.PrivateSequential([keras.Input((FEATURES,)), keras.layers.Dense(1)])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    mixed.compile(optimizer="sgd", loss="mse", privacy=_policy())
+    with pytest.raises(PrivacyPolicyError, match="float32 dtype policy"):
+        mixed.fit(x, y, batch_size=16, verbose=0)
+
+
 def test_delta_larger_than_one_over_n_warns(data):
     x, y = data
     model = _model(privacy=_policy(delta=0.1, accountant="rdp"))
