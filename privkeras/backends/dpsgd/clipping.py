@@ -63,6 +63,7 @@ __all__ = [
     "registered_rules",
     "rule_for",
     "same_padding",
+    "unregister_clipping_rule",
 ]
 
 
@@ -343,6 +344,11 @@ def register_clipping_rule(layer_type: type, *, replace: bool = False):
         return rule_cls
 
     return _register
+
+
+def unregister_clipping_rule(layer_type: type) -> None:
+    """Removes the rule of `layer_type` (for tests and plugins)."""
+    _RULES.pop(layer_type, None)
 
 
 def registered_rules() -> dict[str, str]:

@@ -332,3 +332,32 @@ def test_no_noise_warns_and_reports_infinity(data):
     model = _model(privacy=policy)
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert model.privacy_report()["epsilon"] == math.inf
+
+
+class _Scale(keras.layers.Layer):
+    """A layer with one trainable weight, for a custom clipping rule."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones")
+
+    def call(self, inputs):
+        return inputs * self.scale
+
+
+@pytest.mark.multi_backend
+def test_a_layer_without_per_example_gradients_is_named(data):
+    from privkeras.backends.dpsgd import clipping
+
+    @clipping.register_clipping_rule(_Scale)
+    class BrokenRule(clipping.PerExampleFallbackRule):
+        def per_example(self, layer, inputs, tap_grad, source):
+            raise NotImplementedError("no batching rule")
+
+    try:
+        x, y = data
+        model = _model(_Scale(name="odd_scale"), privacy=_policy())
+        with pytest.raises(UnsupportedLayerError, match=r"'odd_scale'.*no batching rule"):
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        assert model.privacy_report()["steps"] <= 1  # refused while tracing the first step
+    finally:
+        clipping.unregister_clipping_rule(_Scale)
