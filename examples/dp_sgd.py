@@ -24,6 +24,7 @@ import privkeras as pk
 from privkeras import datasets
 
 EPOCHS, BATCH_SIZE, DELTA = 30, 64, 1e-4  # 1347 training digits: delta < 1/n
+SEEDS = (0, 1)
 
 
 def digits_cnn() -> pk.PrivateSequential:
@@ -77,14 +78,29 @@ def privacy_utility_plot(path: str) -> None:
     plain, _ = train(None)
     print(f"non-private: test accuracy {plain:.3f}")
     points = []
-    for noise in (0.6, 0.8, 1.1, 1.6, 2.5, 4.0):
-        accuracy, report = train(pk.DPSGD(l2_norm_clip=1.0, noise_multiplier=noise, delta=DELTA))
-        points.append((report["epsilon"], accuracy, noise))
-        print(f"noise {noise:4.1f}: epsilon {report['epsilon']:6.2f}, test accuracy {accuracy:.3f}")
-    epsilons, accuracies, _ = map(np.array, zip(*points))
+    for noise in (0.7, 1.0, 1.5, 2.5, 4.0):
+        runs = [
+            train(pk.DPSGD(l2_norm_clip=1.0, noise_multiplier=noise, delta=DELTA), seed)
+            for seed in SEEDS
+        ]
+        accuracy = [a for a, _ in runs]
+        epsilon = runs[0][1]["epsilon"]  # the same for every seed
+        points.append((epsilon, float(np.mean(accuracy)), noise, min(accuracy), max(accuracy)))
+        print(
+            f"noise {noise:4.1f}: epsilon {epsilon:6.2f}, test accuracy "
+            f"{np.mean(accuracy):.3f} (seeds: {', '.join(f'{a:.3f}' for a in accuracy)})"
+        )
+    epsilons, accuracies, _, lows, highs = map(np.array, zip(*points))
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(epsilons, accuracies, "o-", label="DP-SGD (privkeras)")
-    for eps, acc, noise in points:
+    axis.errorbar(
+        epsilons,
+        accuracies,
+        yerr=[accuracies - lows, highs - accuracies],
+        fmt="o-",
+        capsize=3,
+        label=f"DP-SGD (privkeras), mean of {len(SEEDS)} seeds",
+    )
+    for eps, acc, noise, _, _ in points:
         axis.annotate(
             f"sigma={noise:g}", (eps, acc), textcoords="offset points", xytext=(4, -12), fontsize=8
         )
