@@ -183,8 +183,11 @@ class LinearGrads(PerExampleGrads):
 
     def squared_norms(self):
         if not self.sequence:
-            norms = _sum_squares(self.a, self.xp) * _sum_squares(self.g, self.xp)
-        elif self.strategy == "materialize":
+            # |a_i|^2 |g_i|^2 for the kernel, |g_i|^2 for the bias: one pass over g.
+            g_squared = _sum_squares(self.g, self.xp)
+            a_squared = _sum_squares(self.a, self.xp)
+            return (a_squared + 1.0) * g_squared if self.bias else a_squared * g_squared
+        if self.strategy == "materialize":
             norms = _sum_squares(self._kernels(), self.xp)
         else:
             gram_a = self.xp.matmul(self.a, self.xp.transpose(self.a, (0, 2, 1)))
@@ -195,19 +198,25 @@ class LinearGrads(PerExampleGrads):
         return norms
 
     def weighted_sum(self, weights):
+        xp = self.xp
+        bias = None
         if not self.sequence:
-            kernel = self.xp.matmul(self.xp.transpose(self.a), self.g * weights[:, None])
+            scaled = self.g * weights[:, None]  # shared by the kernel and the bias
+            kernel = xp.matmul(xp.transpose(self.a), scaled)
+            bias = xp.sum(scaled, axis=0) if self.bias else None
         elif self.strategy == "materialize":
-            kernel = self.xp.tensordot(weights, self._kernels(), axes=1)
+            kernel = xp.tensordot(weights, self._kernels(), axes=1)
         else:
-            a = self.xp.reshape(self.a, (-1, self.k))
-            g = self.xp.reshape(self.g * weights[:, None, None], (-1, self.p))
-            kernel = self.xp.matmul(self.xp.transpose(a), g)
+            scaled = xp.reshape(self.g * weights[:, None, None], (-1, self.p))
+            kernel = xp.matmul(xp.transpose(xp.reshape(self.a, (-1, self.k))), scaled)
+            bias = xp.sum(scaled, axis=0) if self.bias else None
         if self.row_order is not None:  # Norms ignore the order; the sum must not.
-            kernel = self.xp.take(kernel, self.row_order, axis=0)
-        grads = [self.xp.reshape(kernel, self.kernel_shape)]
+            kernel = xp.take(kernel, self.row_order, axis=0)
+        grads = [xp.reshape(kernel, self.kernel_shape)]
         if self.bias:
-            grads.append(self.xp.sum(self._bias_rows() * weights[:, None], axis=0))
+            if bias is None:
+                bias = xp.sum(self._bias_rows() * weights[:, None], axis=0)
+            grads.append(bias)
         return grads
 
 
