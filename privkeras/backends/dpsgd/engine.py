@@ -10,12 +10,14 @@ Notes:
     Privacy", CCS 2016): per-example clipping to `l2_norm_clip` in global L2
     norm, Gaussian noise of std `noise_multiplier * l2_norm_clip` on the
     sum, division by the expected batch size. Epsilon is for add-or-remove-one
-    neighbouring datasets. Noise comes from the Keras backend's generator
-    (Philox under TensorFlow, torch's generator under torch), which is fast
-    but not cryptographically secure, as in Opacus without `secure_mode`;
-    `secure_noise=True` draws the noise and the batch sampling from the
-    core's AES-CTR `SecureStream` on the host instead. Floating-point
-    Gaussian samples carry the caveats of Mironov (CCS 2012) either way.
+    neighbouring datasets. Batch sampling and, on CPU, the noise come from
+    the core's AES-CTR `SecureStream` keyed from `os.urandom` (on CPU it is
+    also the fastest sampler). A model on an accelerator or compiled with
+    XLA draws its noise in the step from the Keras backend's generator,
+    which is not cryptographically secure, and warns;
+    `secure_noise=True` forces the host `SecureStream` there too.
+    Floating-point Gaussian samples carry the caveats of Mironov (CCS 2012)
+    either way.
 """
 
 from __future__ import annotations
@@ -140,7 +142,6 @@ class DPSGDEngine(Engine):
             plan.dataset_size,
             plan.batch_size,
             plan.steps_per_epoch,
-            self.policy.secure_noise,
         )
         meter = PrivacyMeter(self.ledger, plan, noise, allowed, on_step=self._count_step)
         self._plan, self._trainer, self._clipping = plan, trainer, trainer.describe()

@@ -11,13 +11,11 @@ cryptographically secure generator. `HostNoise` calls it in the step (on
 CPU), or one step ahead in a background thread when the step runs on an
 accelerator and the host would otherwise wait.
 
-Every sampler draws from the core's `SecureStream`:
-
-- `secure=True` (`DPSGD(secure_noise=True)`): a stream keyed from
-  `os.urandom`. Nobody, the trainer included, can replay the noise.
-- default: a stream keyed from the global numpy state, so that
-  `keras.utils.set_random_seed` reproduces a run. Whoever knows that seed
-  can replay the noise: the standing of Opacus without `secure_mode`.
+Every sampler draws from the core's `SecureStream` keyed from `os.urandom`:
+DP noise is a secret, so it never comes from a seedable, non-cryptographic
+generator, and nobody (the trainer included) can replay it. A DP run is
+therefore not reproducible from `keras.utils.set_random_seed`; the weights'
+initialization and everything else Keras draws still are.
 
 Notes:
     Box-Muller (Box and Muller, 1958): `r = sqrt(-2 ln u1)` with
@@ -99,18 +97,16 @@ class HostNoise:
     Args:
         size: Samples per step.
         std: Standard deviation.
-        secure: Key the stream from `os.urandom` (else from the numpy seed).
         ahead: Draw the next step's noise in a background thread. It pays
             when the host is idle during the step (a model on a GPU); when
             the step keeps every core busy, the thread's competition costs
             more than the draw (measured: MLP step +0.4 ms under torch).
     """
 
-    def __init__(self, size: int, std: float, secure: bool, ahead: bool = False):
+    def __init__(self, size: int, std: float, ahead: bool = False):
         self.size = size
         self.std = float(std)
-        self.secure = secure
-        stream = SecureStream() if secure else SecureStream(seed=int(np.random.randint(2**62)))
+        stream = SecureStream()  # keyed from os.urandom
         # Three buffers: the one in use, the one ready, the one being drawn.
         self._sampler = GaussianSampler(size, std, stream, buffers=3)
         self._executor = None

@@ -8,10 +8,10 @@
   `batch_size`, as Keras does. The accountant's amplification by
   sampling does not hold for it; the engine then reports an unamplified bound.
 
-Which examples join a batch is part of the privacy mechanism: with
-`secure_noise=True` the sampler draws from the core's `SecureStream`,
-otherwise from numpy's PCG64 seeded from the global numpy state (so
-`keras.utils.set_random_seed` makes runs reproducible).
+Which examples join a batch is part of the privacy mechanism (amplification
+by subsampling assumes nobody can predict it), so the samplers draw from the
+core's `SecureStream` keyed from `os.urandom`, never from a seedable
+generator.
 """
 
 from __future__ import annotations
@@ -45,20 +45,13 @@ PLACEHOLDER_WEIGHT = -1.0
 
 
 class _Uniforms:
-    """Uniform [0, 1) draws from a secure stream or a seeded numpy generator."""
+    """Uniform [0, 1) draws from a `SecureStream` keyed from `os.urandom`."""
 
-    def __init__(self, secure: bool):
-        if secure:
-            self._stream = SecureStream()
-            self._generator = None
-        else:
-            self._stream = None
-            self._generator = np.random.default_rng(np.random.randint(0, 2**31 - 1, size=4))
+    def __init__(self):
+        self._stream = SecureStream()
 
     def uniform(self, n: int) -> np.ndarray:
-        if self._stream is not None:
-            return self._stream.uniform(n)
-        return self._generator.random(n)
+        return self._stream.uniform(n)
 
     def permutation(self, n: int) -> np.ndarray:
         return np.argsort(self.uniform(n), kind="stable")
@@ -71,18 +64,15 @@ class BatchSampler(abc.ABC):
         dataset_size: n, the number of training examples.
         batch_size: The (expected) batch size.
         steps_per_epoch: Steps per epoch, or None for `ceil(n / batch_size)`.
-        secure: Draw from a `SecureStream`.
     """
 
     name: ClassVar[str]
 
-    def __init__(
-        self, dataset_size: int, batch_size: int, steps_per_epoch: int | None, secure: bool
-    ):
+    def __init__(self, dataset_size: int, batch_size: int, steps_per_epoch: int | None):
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch or math.ceil(dataset_size / batch_size)
-        self._uniforms = _Uniforms(secure)
+        self._uniforms = _Uniforms()
 
     @property
     def sample_rate(self) -> float:
@@ -125,14 +115,14 @@ _SAMPLERS: dict[str, type[BatchSampler]] = {
 
 
 def make_sampler(
-    name: str, dataset_size: int, batch_size: int, steps_per_epoch: int | None, secure: bool
+    name: str, dataset_size: int, batch_size: int, steps_per_epoch: int | None
 ) -> BatchSampler:
     """The sampler registered under `name` (`"poisson"` or `"shuffle"`)."""
     if name not in _SAMPLERS:
         raise PrivacyPolicyError(
             f"Expected sampling in {sorted(_SAMPLERS)}. " + format_received(sampling=name)
         )
-    return _SAMPLERS[name](dataset_size, batch_size, steps_per_epoch, secure)
+    return _SAMPLERS[name](dataset_size, batch_size, steps_per_epoch)
 
 
 class TrainingArrays:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import warnings
 from typing import Any
 
 import keras
@@ -116,13 +117,16 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
             # One step ahead in a thread only when the step runs elsewhere (secure noise
             # for a GPU model): on CPU the thread competes with the step's own threads
             # and cost more than the 0.6 ms draw it hid (torch MLP: 1.32x -> 1.25x).
-            self._host_noise = HostNoise(
-                self._noise_size,
-                std,
-                secure=config.secure_noise,
-                ahead=not self.prefers_host_noise(),
-            )
+            self._host_noise = HostNoise(self._noise_size, std, ahead=not self.prefers_host_noise())
         elif std > 0:
+            warnings.warn(
+                "DP-SGD draws this model's noise in the step from the Keras backend's "
+                "generator (an accelerator or XLA model), which is fast but NOT "
+                "cryptographically secure: whoever learns its state can subtract the noise. "
+                "Pass DPSGD(secure_noise=True) to draw it from the host's AES-CTR stream.",
+                UserWarning,
+                stacklevel=2,
+            )
             self._noise_seed = keras.random.SeedGenerator()
 
     def close(self) -> None:

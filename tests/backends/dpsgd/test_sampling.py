@@ -7,10 +7,9 @@ from privkeras.backends.dpsgd.sampling import TrainingArrays, make_sampler
 from privkeras.errors import PrivacyPolicyError
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_poisson_includes_each_example_independently_at_rate_q(secure):
+def test_poisson_includes_each_example_independently_at_rate_q():
     n, batch, steps = 400, 20, 2000
-    sampler = make_sampler("poisson", n, batch, None, secure)
+    sampler = make_sampler("poisson", n, batch, None)
     assert sampler.steps_per_epoch == 20 and sampler.sample_rate == 0.05
     counts = np.zeros(n)
     sizes = []
@@ -27,7 +26,7 @@ def test_poisson_includes_each_example_independently_at_rate_q(secure):
 
 
 def test_shuffle_uses_every_example_once_per_epoch():
-    sampler = make_sampler("shuffle", 10, 4, None, secure=False)
+    sampler = make_sampler("shuffle", 10, 4, None)
     assert sampler.steps_per_epoch == 3
     for _ in range(2):
         sampler.start_epoch()
@@ -38,7 +37,7 @@ def test_shuffle_uses_every_example_once_per_epoch():
 
 def test_unknown_sampling_lists_the_known_ones():
     with pytest.raises(PrivacyPolicyError, match=r"\['poisson', 'shuffle'\]"):
-        make_sampler("uniform", 10, 2, None, False)
+        make_sampler("uniform", 10, 2, None)
 
 
 def test_training_arrays_fold_class_weights_and_cast_to_floatx():
