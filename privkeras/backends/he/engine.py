@@ -11,6 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from privkeras.backends import keras_loop
 from privkeras.backends.base import Engine
 from privkeras.backends.he.client import HEClient
 from privkeras.backends.he.errors import HEInputError
@@ -151,17 +152,14 @@ class HEEngine(Engine):
         _, chunk = self.grouping(model, len(values), batch_size)
         if steps is not None:
             values = values[: steps * chunk]
-        callback_list = _callback_list(callbacks, model, verbose, math.ceil(len(values) / chunk))
-        callback_list.on_predict_begin()
-
-        def on_batch(event: str, step: int, outputs: np.ndarray | None) -> None:
-            if event == "begin":
-                callback_list.on_predict_batch_begin(step)
-            else:
-                callback_list.on_predict_batch_end(step, {"outputs": outputs})
-
-        predictions = self.encrypted_outputs(model, values, batch_size, on_batch)
-        callback_list.on_predict_end()
+        callbacks = keras_loop.callback_list(
+            callbacks, model, verbose, math.ceil(len(values) / chunk)
+        )
+        callbacks.on_predict_begin()
+        predictions = self.encrypted_outputs(
+            model, values, batch_size, keras_loop.predict_hooks(callbacks)
+        )
+        callbacks.on_predict_end()
         return predictions
 
     def evaluate(
@@ -196,34 +194,15 @@ class HEEngine(Engine):
         _, chunk = self.grouping(model, len(values), batch_size)
         if steps is not None:
             values, targets = values[: steps * chunk], targets[: steps * chunk]
-        callback_list = _callback_list(callbacks, model, verbose, math.ceil(len(values) / chunk))
-        callback_list.on_test_begin()
-        model.reset_metrics()
-        loss_tracker = keras.metrics.Mean(name="loss")
-        results: dict[str, Any] = {}
-        offset = 0
-
-        def on_batch(event: str, step: int, outputs: np.ndarray | None) -> None:
-            nonlocal results, offset
-            if event == "begin":
-                callback_list.on_test_batch_begin(step)
-                return
-            y_true = keras.ops.convert_to_tensor(targets[offset : offset + len(outputs)])
-            offset += len(outputs)
-            y_pred = keras.ops.convert_to_tensor(outputs)
-            loss = model.compute_loss(y=y_true, y_pred=y_pred, training=False)
-            loss_tracker.update_state(loss, sample_weight=len(outputs))
-            results = dict(model.compute_metrics(None, y_true, y_pred))
-            results["loss"] = loss_tracker.result()
-            callback_list.on_test_batch_end(step, _as_floats(results))
-
-        self.encrypted_outputs(model, values, batch_size, on_batch)
-        logs = _as_floats({"loss": results.pop("loss"), **results})
-        callback_list.on_test_end(logs)
-        if return_dict:
-            return logs
-        ordered = list(logs.values())
-        return ordered[0] if len(ordered) == 1 else ordered
+        callbacks = keras_loop.callback_list(
+            callbacks, model, verbose, math.ceil(len(values) / chunk)
+        )
+        callbacks.on_test_begin()
+        scorer = keras_loop.RevealedScorer(model, targets, callbacks)
+        self.encrypted_outputs(model, values, batch_size, scorer.on_batch)
+        logs = scorer.result()
+        callbacks.on_test_end(logs)
+        return keras_loop.evaluate_result(logs, return_dict)
 
     def fit(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         raise CapabilityError(
@@ -311,16 +290,3 @@ def _warn_outside_fitted_ranges(model: Any, x: np.ndarray) -> None:
                     stacklevel=4,
                 )
         values = keras.ops.convert_to_numpy(layer(values))
-
-
-def _callback_list(callbacks: Any, model: Any, verbose: Any, steps: int) -> Any:
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-        return callbacks
-    verbose = 1 if verbose == "auto" else int(verbose)
-    return keras.callbacks.CallbackList(
-        callbacks, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=1, steps=steps
-    )
-
-
-def _as_floats(logs: dict[str, Any]) -> dict[str, float]:
-    return {name: float(keras.ops.convert_to_numpy(value)) for name, value in logs.items()}

@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-import keras
 import numpy as np
 
+from privkeras.backends import keras_loop
 from privkeras.backends.base import Engine
 from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
@@ -228,20 +228,15 @@ class MPCEngine(Engine):
         """
         batch_size = _batch_size(batch_size)
         program, values = self.checked_inputs(model, x, steps, batch_size)
-        callback_list = _callback_list(
+        callbacks = keras_loop.callback_list(
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
         )
-        callback_list.on_predict_begin()
-
-        def on_batch(event: str, step: int, outputs: np.ndarray | None) -> None:
-            if event == "begin":
-                callback_list.on_predict_batch_begin(step)
-            else:
-                callback_list.on_predict_batch_end(step, {"outputs": outputs})
-
+        callbacks.on_predict_begin()
         params = self.shared_weights(program)
-        predictions = self.private_outputs(program, params, values, batch_size, on_batch=on_batch)
-        callback_list.on_predict_end()
+        predictions = self.private_outputs(
+            program, params, values, batch_size, on_batch=keras_loop.predict_hooks(callbacks)
+        )
+        callbacks.on_predict_end()
         return predictions
 
     def evaluate(
@@ -274,10 +269,10 @@ class MPCEngine(Engine):
                 f"Expected x and y with the same number of rows. "
                 f"Received: {len(values)} and {len(np.asarray(y))}"
             )
-        callback_list = _callback_list(
+        callbacks = keras_loop.callback_list(
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
         )
-        callback_list.on_test_begin()
+        callbacks.on_test_begin()
         logs = self.keras_metrics(
             model,
             program,
@@ -286,13 +281,10 @@ class MPCEngine(Engine):
             targets,
             batch_size,
             what="predictions",
-            callback_list=callback_list,
+            callback_list=callbacks,
         )
-        callback_list.on_test_end(logs)
-        if return_dict:
-            return logs
-        values_out = [logs[name] for name in logs]
-        return values_out[0] if len(values_out) == 1 else values_out
+        callbacks.on_test_end(logs)
+        return keras_loop.evaluate_result(logs, return_dict)
 
     def keras_metrics(
         self,
@@ -306,29 +298,9 @@ class MPCEngine(Engine):
         callback_list: Any = None,
     ) -> dict[str, float]:
         """Reveals outputs batch by batch to the caller; Keras's metric objects score them."""
-        model.reset_metrics()
-        loss_tracker = keras.metrics.Mean(name="loss")
-        results: dict[str, Any] = {}
-
-        def on_batch(event: str, step: int, outputs: np.ndarray | None) -> None:
-            nonlocal results
-            if event == "begin":
-                if callback_list is not None:
-                    callback_list.on_test_batch_begin(step)
-                return
-            y_true = keras.ops.convert_to_tensor(
-                y[step * batch_size : step * batch_size + len(outputs)]
-            )
-            y_pred = keras.ops.convert_to_tensor(outputs)
-            loss = model.compute_loss(y=y_true, y_pred=y_pred, training=False)
-            loss_tracker.update_state(loss, sample_weight=len(outputs))
-            results = dict(model.compute_metrics(None, y_true, y_pred))
-            results["loss"] = loss_tracker.result()
-            if callback_list is not None:
-                callback_list.on_test_batch_end(step, _as_floats(results))
-
-        self.private_outputs(program, params, x, batch_size, what=what, on_batch=on_batch)
-        return _as_floats({"loss": results.pop("loss"), **results})
+        scorer = keras_loop.RevealedScorer(model, y, callback_list)
+        self.private_outputs(program, params, x, batch_size, what=what, on_batch=scorer.on_batch)
+        return scorer.result()
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, model: Any, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
@@ -355,25 +327,6 @@ def _batch_size(batch_size: int | None) -> int:
             f"Expected batch_size to be a positive integer. Received: {batch_size!r}"
         )
     return batch_size
-
-
-def _callback_list(callbacks: Any, model: Any, verbose: Any, epochs: int = 1, steps: int = 1):
-    """A `keras.callbacks.CallbackList` with Keras's progress bar when `verbose`."""
-    if isinstance(callbacks, keras.callbacks.CallbackList):
-        return callbacks
-    verbose = 1 if verbose == "auto" else int(verbose)
-    return keras.callbacks.CallbackList(
-        callbacks,
-        add_progbar=verbose != 0,
-        model=model,
-        verbose=verbose,
-        epochs=epochs,
-        steps=steps,
-    )
-
-
-def _as_floats(logs: dict[str, Any]) -> dict[str, float]:
-    return {name: float(keras.ops.convert_to_numpy(value)) for name, value in logs.items()}
 
 
 @register_engine

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from privkeras.backends import keras_loop
 from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
 from privkeras.backends.mpc.losses import SecureLoss, get_loss
@@ -265,7 +266,7 @@ def fit(
         UnsupportedLayerError, CapabilityError, PrecisionOverflowError,
         ValueError: Before any party does work.
     """
-    from privkeras.backends.mpc.engine import MODEL_OWNER, _callback_list
+    from privkeras.backends.mpc.engine import MODEL_OWNER
 
     plan = plan_training(engine, model, x, y, batch_size, **options)
     batches = plan.batches()[:steps_per_epoch]
@@ -277,7 +278,7 @@ def fit(
             validation_batch_size or plan.batch_size,
         )
     history = keras.callbacks.History()
-    callback_list = _callback_list(
+    callback_list = keras_loop.callback_list(
         [*(callbacks or []), history], model, verbose, epochs=epochs, steps=len(batches)
     )
     order_rng = np.random.default_rng(engine.policy.seed)  # batch order is public
