@@ -46,3 +46,27 @@ def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def rows_per_keras_backend(module: str, backends: tuple[str, ...], quick: bool) -> list[dict]:
+    """Runs `python -m MODULE --backend B [--quick]` once per Keras backend.
+
+    Keras fixes its backend at import, so each backend gets its own
+    interpreter; the module prints its rows as JSON on its last line.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    for backend in backends:
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        command = [sys.executable, "-m", module, "--backend", backend]
+        if quick:
+            command.append("--quick")
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{module} under {backend} failed:\n{result.stderr[-4000:]}")
+        rows.extend(json.loads(result.stdout.strip().splitlines()[-1]))
+    return rows

@@ -22,10 +22,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import warnings
+
+from benchmarks.rows import rows_per_keras_backend
 
 SUITE = "dpsgd"
 BACKENDS = ("tensorflow", "torch")
@@ -157,17 +157,7 @@ def measure_backend(quick: bool) -> list[dict]:
 
 def run(quick: bool) -> list[dict]:
     """Both backends, each in a subprocess with its own Keras backend."""
-    rows = []
-    for backend in BACKENDS:
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        command = [sys.executable, "-m", "benchmarks.suites.dpsgd", "--backend", backend]
-        if quick:
-            command.append("--quick")
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"dpsgd benchmark under {backend} failed:\n{result.stderr[-4000:]}")
-        rows.extend(json.loads(result.stdout.strip().splitlines()[-1]))
-    return rows
+    return rows_per_keras_backend("benchmarks.suites.dpsgd", BACKENDS, quick)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,11 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
+
+from benchmarks.rows import rows_per_keras_backend
 
 SUITE = "dpsgd-audit"
 BACKENDS = ("tensorflow", "torch")
@@ -215,16 +215,7 @@ def audit_backend(quick: bool) -> list[dict]:
 
 def run(quick: bool) -> list[dict]:
     """Both backends, each in its own interpreter; fails if a lower bound exceeds its claim."""
-    rows = []
-    for backend in BACKENDS:
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        command = [sys.executable, "-m", "benchmarks.suites.dpsgd_audit", "--backend", backend]
-        if quick:
-            command.append("--quick")
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"dpsgd-audit under {backend} failed:\n{result.stderr[-4000:]}")
-        rows.extend(json.loads(result.stdout.strip().splitlines()[-1]))
+    rows = rows_per_keras_backend("benchmarks.suites.dpsgd_audit", BACKENDS, quick)
     failures = [
         f"{r['case']}: lower bound {r['value']:.3f} > claimed {r['baseline']:.3f}"
         for r in rows
