@@ -70,3 +70,18 @@ def rows_per_keras_backend(module: str, backends: tuple[str, ...], quick: bool) 
             raise RuntimeError(f"{module} under {backend} failed:\n{result.stderr[-4000:]}")
         rows.extend(json.loads(result.stdout.strip().splitlines()[-1]))
     return rows
+
+
+def print_backend_rows(backends: tuple[str, ...], measure: Callable[[bool], list[dict]]) -> None:
+    """The other half of `rows_per_keras_backend`: `--backend B [--quick]`, rows as JSON."""
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", choices=backends, required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if os.environ.get("KERAS_BACKEND") != args.backend:
+        raise SystemExit(f"Run with KERAS_BACKEND={args.backend}.")
+    print(json.dumps(measure(args.quick)))

@@ -18,14 +18,11 @@ Targets: DP / plain <= 1.3 (MLP), <= 1.6 (CNN).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import time
 import warnings
 
-from benchmarks.rows import rows_per_keras_backend
+from benchmarks.rows import print_backend_rows, rows_per_keras_backend
 
 SUITE = "dpsgd"
 BACKENDS = ("tensorflow", "torch")
@@ -161,10 +158,4 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backend", choices=BACKENDS, required=True)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if os.environ.get("KERAS_BACKEND") != args.backend:
-        raise SystemExit(f"Run with KERAS_BACKEND={args.backend}.")
-    print(json.dumps(measure_backend(args.quick)))
+    print_backend_rows(BACKENDS, measure_backend)

@@ -38,15 +38,12 @@ backends, so with the same seeds the two audits see the same noise.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import warnings
 
 import numpy as np
 
-from benchmarks.rows import rows_per_keras_backend
+from benchmarks.rows import print_backend_rows, rows_per_keras_backend
 
 SUITE = "dpsgd-audit"
 BACKENDS = ("tensorflow", "torch")
@@ -227,10 +224,4 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backend", choices=BACKENDS, required=True)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    if os.environ.get("KERAS_BACKEND") != args.backend:
-        raise SystemExit(f"Run with KERAS_BACKEND={args.backend}.")
-    print(json.dumps(audit_backend(args.quick)))
+    print_backend_rows(BACKENDS, audit_backend)

@@ -113,13 +113,18 @@ class Accountant(abc.ABC):
 
     def epsilon(self, segments: Sequence[Segment], delta: float) -> float:
         """Epsilon of the composition of `segments` at `delta` (inf without noise)."""
+        return self._over_live_segments(segments, delta, self._epsilon)
+
+    @staticmethod
+    def _over_live_segments(segments: Sequence[Segment], delta: float, compute) -> float:
+        """`compute(live, delta)` on the segments that spend something; 0 or inf without any."""
         delta = _check_delta(delta)
         live = [s for s in segments if not s.spends_nothing]
         if not live:
             return 0.0
         if any(s.spends_everything for s in live):
             return math.inf
-        return float(self._epsilon(live, delta))
+        return float(compute(live, delta))
 
     @abc.abstractmethod
     def _epsilon(self, segments: Sequence[Segment], delta: float) -> float:
@@ -205,13 +210,9 @@ class PLDAccountant(Accountant):
         return composed.get_epsilon_for_delta(delta)
 
     def estimate(self, segments: Sequence[Segment], delta: float) -> float:
-        delta = _check_delta(delta)
-        live = [s for s in segments if not s.spends_nothing]
-        if not live:
-            return 0.0
-        if any(s.spends_everything for s in live):
-            return math.inf
-        return float(self._epsilon(live, delta, self.ESTIMATE_INTERVAL))
+        return self._over_live_segments(
+            segments, delta, lambda live, d: self._epsilon(live, d, self.ESTIMATE_INTERVAL)
+        )
 
 
 @register_accountant
