@@ -21,7 +21,11 @@ class EngineNotAvailableError(PrivkerasError, LookupError):
     """No registered engine serves the requested policy and Keras backend."""
 
 
-class EngineRegistrationError(PrivkerasError, ValueError):
+class RegistrationError(PrivkerasError, ValueError):
+    """Something was registered twice (without `replace=True`) or with an invalid declaration."""
+
+
+class EngineRegistrationError(RegistrationError):
     """An engine was registered twice or with an invalid declaration."""
 
 
