@@ -46,10 +46,10 @@ _DEFAULT_BATCH_SIZE = 32
 
 
 def available_protocols() -> tuple[str, ...]:
-    """The protocols the MPC runtime implements."""
-    from privkeras.backends.mpc.runtime import PROTOCOLS
+    """The protocols registered with the MPC runtime (`runtime.PROTOCOLS`)."""
+    from privkeras.backends.mpc import runtime
 
-    return tuple(sorted(PROTOCOLS))
+    return runtime.available_protocols()
 
 
 class MPCEngine(Engine):

@@ -35,12 +35,20 @@ from privkeras.backends.mpc.protocols.streams import PartyStreams
 from privkeras.backends.mpc.tensor import SharedTensor
 from privkeras.core.fixed_point import FixedPointCodec
 from privkeras.core.kernels import KERNEL_LIBRARIES, RingKernels, get_kernels
+from privkeras.core.registry import Registry
 from privkeras.errors import PrecisionOverflowError, PrivacyPolicyError
 
-__all__ = ["PROTOCOLS", "MPCRuntime", "RevealRecord", "register_protocol"]
+__all__ = [
+    "PROTOCOLS",
+    "MPCRuntime",
+    "RevealRecord",
+    "available_protocols",
+    "get_protocol",
+    "register_protocol",
+]
 
-#: Protocols by name.
-PROTOCOLS: dict[str, type[Protocol]] = {}
+#: Protocol classes by name; an unknown name raises `PrivacyPolicyError` listing them.
+PROTOCOLS: Registry[str, type[Protocol]] = Registry("protocol", unknown_error=PrivacyPolicyError)
 
 DEALER_WARNING = (
     "MPC protocol 'pond' trusts its dealer: the dealer of correlated randomness (Beaver "
@@ -51,12 +59,27 @@ DEALER_WARNING = (
 _dealer_warned = False
 
 
-def register_protocol(cls: type[Protocol]) -> type[Protocol]:
-    """Registers a protocol class under `cls.name`; refuses duplicates."""
-    if cls.name in PROTOCOLS:
-        raise ValueError(f"Expected a new protocol name. Received: {cls.name!r} (registered)")
-    PROTOCOLS[cls.name] = cls
-    return cls
+def register_protocol(cls: type[Protocol], *, replace: bool = False) -> type[Protocol]:
+    """Registers a protocol class under `cls.name` (usable as a class decorator).
+
+    Raises:
+        RegistrationError: If another class holds the name and not `replace`.
+    """
+    return PROTOCOLS.register(cls.name, cls, replace=replace)
+
+
+def get_protocol(name: str) -> type[Protocol]:
+    """The protocol class registered as `name`.
+
+    Raises:
+        PrivacyPolicyError: For an unknown name, listing the registered ones.
+    """
+    return PROTOCOLS.get(name)
+
+
+def available_protocols() -> tuple[str, ...]:
+    """The names of the registered protocols, sorted (what `MPC(protocol=...)` accepts)."""
+    return tuple(PROTOCOLS.names())
 
 
 register_protocol(PondProtocol)
@@ -106,10 +129,7 @@ class MPCRuntime:
         seed: int | None = None,
         communicator: Communicator | None = None,
     ):
-        if protocol not in PROTOCOLS:
-            raise PrivacyPolicyError(
-                f"Expected protocol in {sorted(PROTOCOLS)}. Received: protocol={protocol!r}"
-            )
+        cls = get_protocol(protocol)
         if isinstance(kernels, RingKernels):
             self.kernels = kernels
         elif kernels in KERNEL_LIBRARIES:
@@ -121,7 +141,6 @@ class MPCRuntime:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise PrivacyPolicyError(f"Expected seed to be None or an int. Received: seed={seed!r}")
         self.codec = FixedPointCodec(precision_bits=precision_bits)
-        cls = PROTOCOLS[protocol]
         self.protocol_name = protocol
         parties = [f"p{i}" for i in range(cls.num_parties)]
         self.communicator = communicator or InProcessCommunicator(parties)

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 from privkeras.backends.mpc.layers.base import LoweringContext, SecureLayer
+from privkeras.core.registry import Registry
 from privkeras.errors import UnsupportedLayerError
 
 __all__ = [
+    "LOWERINGS",
     "Lowering",
     "lower_layer",
     "refuse_training_options",
@@ -45,7 +47,10 @@ _TRAINING_OPTIONS = (
 
 Lowering = Callable[[Any, LoweringContext], list[SecureLayer]]
 
-_LOWERINGS: dict[type, Lowering] = {}
+#: Lowering functions by exact Keras layer class.
+LOWERINGS: Registry[type, Lowering] = Registry(
+    "secure layer lowering", unknown_error=UnsupportedLayerError
+)
 
 
 def register_secure_layer(*keras_types: type, replace: bool = False):
@@ -56,25 +61,15 @@ def register_secure_layer(*keras_types: type, replace: bool = False):
         replace: Allow replacing an existing registration.
 
     Raises:
-        ValueError: For a duplicate registration without `replace`.
+        RegistrationError: For a class already registered to another function,
+            without `replace`.
     """
-
-    def _register(fn: Lowering) -> Lowering:
-        for keras_type in keras_types:
-            if keras_type in _LOWERINGS and not replace and _LOWERINGS[keras_type] is not fn:
-                raise ValueError(
-                    f"A secure lowering for {keras_type.__name__} is already registered "
-                    f"({_LOWERINGS[keras_type].__qualname__}). Pass replace=True to replace it."
-                )
-            _LOWERINGS[keras_type] = fn
-        return fn
-
-    return _register
+    return LOWERINGS.decorator(*keras_types, replace=replace)
 
 
 def supported_layer_types() -> list[str]:
     """Names of the Keras layer classes the MPC engines can lower, sorted."""
-    return sorted(t.__name__ for t in _LOWERINGS)
+    return LOWERINGS.names()
 
 
 def unsupported(layer: Any, context: LoweringContext, reason: str) -> UnsupportedLayerError:
@@ -108,12 +103,11 @@ def lower_layer(layer: Any, context: LoweringContext) -> list[SecureLayer]:
             or a configuration its lowering refuses. The message names the
             layer, the engine and the supported layer classes.
     """
-    lowering = _LOWERINGS.get(type(layer))
-    if lowering is None:
+    if type(layer) not in LOWERINGS:
         raise unsupported(
             layer,
             context,
             f"no secure version of {type(layer).__name__} is registered. "
             f"Supported layers: {supported_layer_types()}.",
         )
-    return lowering(layer, context)
+    return LOWERINGS.get(type(layer))(layer, context)
