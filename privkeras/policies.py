@@ -51,6 +51,15 @@ def _check_real(cls_name: str, field: str, value: Any) -> float:
     return float(value)
 
 
+def _check_positive(
+    cls_name: str, field: str, value: Any, expected: str = "> 0 and finite"
+) -> float:
+    number = _check_real(cls_name, field, value)
+    if not (number > 0 and math.isfinite(number)):
+        raise _fail(cls_name, field, value, expected)
+    return number
+
+
 def _check_int(cls_name: str, field: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(cls_name, field, value, f"to be an integer in [{low}, {high}]")
@@ -153,27 +162,62 @@ class DPSGD(Policy):
 class Federated(Policy):
     """Federated training on remote data owners (FedAvg and friends).
 
+    Each round, every owner is asked with probability `fraction_fit` (Poisson
+    sampling), trains `local_epochs` on its own rows from the global weights,
+    and sends back only its update; the server optimizer applies the average.
+
     Args:
         rounds: Number of federated rounds, >= 1.
         local_epochs: Epochs each owner trains per round, >= 1.
-        fraction_fit: Fraction of owners asked per round, in (0, 1].
-        min_owners: Rounds need at least this many answering owners.
-        secure_aggregation: Mask updates pairwise so the coordinator sees only the sum.
-        clip_norm: Client-level DP clip of each update, or None.
-        noise_multiplier: Client-level DP noise multiplier (needs `clip_norm`).
-        timeout: Seconds to wait for an owner before treating it as dropped.
+        fraction_fit: Probability that an owner is asked in a round, in (0, 1].
+        min_owners: A round completes only if at least this many of the asked
+            owners answer (all of them when fewer are asked), >= 1.
+        timeout: Seconds to wait for an owner before dropping it from the round.
+        server_optimizer: `"fedavg"`, `"fedavgm"` (server momentum),
+            `"fedadam"` or `"fedyogi"` (Reddi et al., 2021).
+        server_learning_rate: Server step size; None means 1.0 for fedavg and
+            fedavgm, 0.01 for fedadam and fedyogi.
+        proximal_mu: FedProx proximal term `mu / 2 * ||w - w_global||^2` added
+            to each owner's local loss (Li et al., 2020); 0 disables it.
+        clip_norm: Client-level DP: each owner's update is clipped to this L2
+            norm (the initial norm with `adaptive_clipping`), or None.
+        noise_multiplier: Client-level DP noise std as a multiple of
+            `clip_norm`, added to the sum of updates (needs `clip_norm`). At
+            most one of `noise_multiplier` and `target_epsilon` is given.
+        target_epsilon: Budget to calibrate the noise for before round 1
+            (needs `clip_norm`).
+        delta: Target delta of the client-level guarantee, in (0, 1).
+        adaptive_clipping: Adapt `clip_norm` to the median update norm
+            (Andrew et al., 2021), its privacy cost accounted (needs `clip_norm`).
+        local_privacy: A `DPSGD` policy with which every owner trains locally
+            (record-level DP), or None.
+        secure_aggregation: Mask updates pairwise so that the coordinator sees
+            only their sum (SecAgg+).
+        dp: Where the client-level noise is added: `"central"` (by the
+            coordinator, trusted) or `"distributed"` (by the owners before
+            masking; needs `secure_aggregation` and noise).
     """
 
     kind: ClassVar[str] = "federated"
+    SERVER_OPTIMIZERS: ClassVar[tuple[str, ...]] = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+    DP_PLACEMENTS: ClassVar[tuple[str, ...]] = ("central", "distributed")
 
     rounds: int = 10
     local_epochs: int = 1
     fraction_fit: float = 1.0
     min_owners: int = 2
-    secure_aggregation: bool = True
-    clip_norm: float | None = None
-    noise_multiplier: float = 0.0
     timeout: float = 30.0
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float | None = None
+    proximal_mu: float = 0.0
+    clip_norm: float | None = None
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    adaptive_clipping: bool = False
+    local_privacy: DPSGD | None = None
+    secure_aggregation: bool = False
+    dp: str = "central"
 
     def __post_init__(self):
         name = type(self).__name__
@@ -183,21 +227,89 @@ class Federated(Policy):
         frac = _check_real(name, "fraction_fit", self.fraction_fit)
         if not 0 < frac <= 1:
             raise _fail(name, "fraction_fit", self.fraction_fit, "in (0, 1]")
+        _check_positive(name, "timeout", self.timeout)
+        _check_choice(name, "server_optimizer", self.server_optimizer, self.SERVER_OPTIMIZERS)
+        if self.server_learning_rate is not None:
+            _check_positive(name, "server_learning_rate", self.server_learning_rate)
+        mu = _check_real(name, "proximal_mu", self.proximal_mu)
+        if not (mu >= 0 and math.isfinite(mu)):
+            raise _fail(name, "proximal_mu", self.proximal_mu, ">= 0 and finite")
+        self._check_client_dp(name)
+        for flag in ("adaptive_clipping", "secure_aggregation"):
+            if not isinstance(getattr(self, flag), bool):
+                raise _fail(name, flag, getattr(self, flag), "to be a bool")
+        self._check_local_privacy(name)
+        self._check_dp_placement(name)
+
+    def _check_client_dp(self, name: str) -> None:
         if self.clip_norm is not None:
-            clip = _check_real(name, "clip_norm", self.clip_norm)
-            if not (clip > 0 and math.isfinite(clip)):
-                raise _fail(name, "clip_norm", self.clip_norm, "> 0 and finite, or None")
-        noise = _check_real(name, "noise_multiplier", self.noise_multiplier)
-        if not (noise >= 0 and math.isfinite(noise)):
-            raise _fail(name, "noise_multiplier", self.noise_multiplier, ">= 0 and finite")
-        if noise > 0 and self.clip_norm is None:
-            raise PrivacyPolicyError(
-                f"{name}: expected clip_norm to be set when noise_multiplier > 0. "
-                f"Received: clip_norm=None, noise_multiplier={self.noise_multiplier!r}"
+            _check_positive(name, "clip_norm", self.clip_norm, "> 0 and finite, or None")
+        if self.noise_multiplier is not None:
+            noise = _check_real(name, "noise_multiplier", self.noise_multiplier)
+            if not (noise >= 0 and math.isfinite(noise)):
+                raise _fail(name, "noise_multiplier", self.noise_multiplier, ">= 0 and finite")
+        if self.target_epsilon is not None:
+            _check_positive(name, "target_epsilon", self.target_epsilon)
+            if self.noise_multiplier is not None:
+                raise PrivacyPolicyError(
+                    f"{name}: expected at most one of noise_multiplier and target_epsilon. "
+                    f"Received: noise_multiplier={self.noise_multiplier!r}, "
+                    f"target_epsilon={self.target_epsilon!r}"
+                )
+        delta = _check_real(name, "delta", self.delta)
+        if not 0 < delta < 1:
+            raise _fail(name, "delta", self.delta, "in (0, 1)")
+        needs_clip = {
+            "noise_multiplier > 0": bool(self.noise_multiplier),
+            "target_epsilon is set": self.target_epsilon is not None,
+            "adaptive_clipping=True": self.adaptive_clipping is True,
+        }
+        for condition, present in needs_clip.items():
+            if present and self.clip_norm is None:
+                raise PrivacyPolicyError(
+                    f"{name}: expected clip_norm to be set when {condition}. "
+                    f"Received: clip_norm=None, noise_multiplier={self.noise_multiplier!r}, "
+                    f"target_epsilon={self.target_epsilon!r}, "
+                    f"adaptive_clipping={self.adaptive_clipping!r}"
+                )
+        if self.noise_multiplier == 0 and self.clip_norm is not None:
+            warnings.warn(
+                "Federated(noise_multiplier=0) adds no noise: training is NOT differentially "
+                "private and the reported epsilon is infinite. Use it only to check clipping.",
+                UserWarning,
+                stacklevel=4,
             )
-        timeout = _check_real(name, "timeout", self.timeout)
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise _fail(name, "timeout", self.timeout, "> 0 and finite")
+
+    def _check_local_privacy(self, name: str) -> None:
+        local = self.local_privacy
+        if isinstance(local, dict):  # From get_config / JSON.
+            if local.get("kind") != DPSGD.kind:
+                raise _fail(name, "local_privacy", local, "a DPSGD policy config")
+            local = DPSGD(**local.get("config", {}))
+            object.__setattr__(self, "local_privacy", local)
+        if local is not None and not isinstance(local, DPSGD):
+            raise _fail(name, "local_privacy", local, "to be a DPSGD policy or None")
+
+    def _check_dp_placement(self, name: str) -> None:
+        _check_choice(name, "dp", self.dp, self.DP_PLACEMENTS)
+        if self.dp != "distributed":
+            return
+        noisy = bool(self.noise_multiplier) or self.target_epsilon is not None
+        if not (self.secure_aggregation and noisy):
+            raise PrivacyPolicyError(
+                f"{name}: expected secure_aggregation=True and noise (noise_multiplier > 0 or "
+                "target_epsilon) with dp='distributed': owners add the noise before masking. "
+                f"Received: secure_aggregation={self.secure_aggregation!r}, "
+                f"noise_multiplier={self.noise_multiplier!r}, "
+                f"target_epsilon={self.target_epsilon!r}"
+            )
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns a JSON-serializable dict; `local_privacy` is kept as its own config."""
+        config = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        if self.local_privacy is not None:
+            config["local_privacy"] = self.local_privacy.get_config()
+        return {"kind": self.kind, "config": config}
 
 
 @dataclasses.dataclass(frozen=True)
