@@ -29,20 +29,16 @@ import numpy as np
 
 from privkeras.backends import keras_loop
 from privkeras.backends.base import Engine
+from privkeras.backends.mpc import trainer
 from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
-from privkeras.backends.mpc.shared_data import as_float_array, require_finite
+from privkeras.backends.mpc.roles import CALLER, MODEL_OWNER
+from privkeras.backends.mpc.shared_data import as_float_array, check_batch_size, require_finite
 from privkeras.backends.registry import register_engine
 from privkeras.errors import CapabilityError, EngineNotAvailableError
 from privkeras.policies import MPC
 
-__all__ = ["MPCEngine", "MPCTFEEngine", "MPCTorchEngine"]
-
-#: Party names used in share and reveal records.
-MODEL_OWNER = "model_owner"
-CALLER = "caller"
-
-_DEFAULT_BATCH_SIZE = 32
+__all__ = ["CALLER", "MODEL_OWNER", "MPCEngine", "MPCTFEEngine", "MPCTorchEngine"]
 
 
 def available_protocols() -> tuple[str, ...]:
@@ -226,7 +222,7 @@ class MPCEngine(Engine):
             PrecisionOverflowError: Before any party works, for non-finite
                 inputs or values that would overflow the fixed-point ring.
         """
-        batch_size = _batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         program, values = self.checked_inputs(model, x, steps, batch_size)
         callbacks = keras_loop.callback_list(
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
@@ -259,7 +255,7 @@ class MPCEngine(Engine):
         """
         if sample_weight is not None:
             raise CapabilityError(f"Engine {self.name!r} does not support sample_weight.")
-        batch_size = _batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         program, values = self.checked_inputs(model, x, steps, batch_size)
         if y is None:
             raise MPCInputError("Expected y for evaluate(x, y). Received: y=None")
@@ -305,8 +301,6 @@ class MPCEngine(Engine):
     # -- training ---------------------------------------------------------------------------
     def fit(self, model: Any, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
         """Encrypted training; see `privkeras.backends.mpc.trainer.fit`."""
-        from privkeras.backends.mpc import trainer
-
         return trainer.fit(self, model, x, y, **kwargs)
 
 
@@ -317,16 +311,6 @@ def _as_batch(x: Any, what: str) -> np.ndarray:
     if values.ndim < 1 or not len(values):
         raise MPCInputError(f"Expected a non-empty batch of {what}. Received: shape={values.shape}")
     return values
-
-
-def _batch_size(batch_size: int | None) -> int:
-    if batch_size is None:
-        return _DEFAULT_BATCH_SIZE
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MPCInputError(
-            f"Expected batch_size to be a positive integer. Received: {batch_size!r}"
-        )
-    return batch_size
 
 
 @register_engine

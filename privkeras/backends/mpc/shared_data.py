@@ -25,7 +25,25 @@ if TYPE_CHECKING:
     from privkeras.backends.mpc.runtime import MPCRuntime
     from privkeras.backends.mpc.tensor import SharedTensor
 
-__all__ = ["SharedData", "as_float_array", "require_finite"]
+__all__ = ["SharedData", "as_float_array", "check_batch_size", "require_finite"]
+
+#: Rows per secure batch when the caller gives no batch_size (as Keras).
+DEFAULT_BATCH_SIZE = 32
+
+
+def check_batch_size(batch_size: int | None) -> int:
+    """`batch_size`, or the default for None.
+
+    Raises:
+        MPCInputError: For anything but a positive integer.
+    """
+    if batch_size is None:
+        return DEFAULT_BATCH_SIZE
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MPCInputError(
+            f"Expected batch_size to be a positive integer. Received: {batch_size!r}"
+        )
+    return batch_size
 
 
 def as_float_array(value: Any, what: str) -> np.ndarray:

@@ -11,6 +11,11 @@ The loop speaks Keras: a `keras.callbacks.CallbackList` (callbacks,
 `keras.utils.Progbar` through Keras's `ProgbarLogger`, `model.stop_training`
 honoured at epoch ends), a real `keras.callbacks.History`, and `verbose`.
 
+The trainer does not import the engine: `fit` takes the engine as a
+`TrainingEngine` (what the trainer needs of it: its name, policy and
+runtime, and its lowering, input checks and revealed-output metrics), and
+the role names come from `roles`.
+
 Batches: every batch takes rows from every data owner, in proportion to
 their sizes, so each shared update mixes all owners. Each owner shuffles its
 own rows before sharing them, and the order of batches is shuffled every
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import keras
 import numpy as np
@@ -31,14 +36,16 @@ from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
 from privkeras.backends.mpc.losses import SecureLoss, get_loss
 from privkeras.backends.mpc.optimizers import SecureSGD, get_optimizer
-from privkeras.backends.mpc.shared_data import SharedData
+from privkeras.backends.mpc.roles import MODEL_OWNER
+from privkeras.backends.mpc.shared_data import SharedData, check_batch_size
 from privkeras.errors import CapabilityError
 
 if TYPE_CHECKING:
-    from privkeras.backends.mpc.engine import MPCEngine
+    from privkeras.backends.mpc.runtime import MPCRuntime
     from privkeras.backends.mpc.tensor import SharedTensor
+    from privkeras.policies import MPC
 
-__all__ = ["TrainingPlan", "fit", "plan_training", "train_step"]
+__all__ = ["TrainingEngine", "TrainingPlan", "fit", "plan_training", "train_step"]
 
 #: `keras.Model.fit` arguments the MPC trainer does not implement (accepted at their defaults).
 _UNSUPPORTED_FIT_ARGUMENTS = (
@@ -47,6 +54,36 @@ _UNSUPPORTED_FIT_ARGUMENTS = (
     "sample_weight",
     "validation_steps",
 )
+
+
+class TrainingEngine(Protocol):
+    """What the trainer needs of the engine that runs it (`MPCEngine` provides it)."""
+
+    name: str
+    policy: MPC
+
+    @property
+    def runtime(self) -> MPCRuntime:
+        """The runtime whose parties train."""
+
+    def lower(self, model: Any, sample_shape: tuple[int, ...], training: bool) -> SecureProgram:
+        """The model's secure layers (building the model if needed)."""
+
+    def validated_inputs(self, x: Any, program: SecureProgram, what: str) -> np.ndarray:
+        """The caller's inputs as float64, refused if non-finite or mis-shaped."""
+
+    def keras_metrics(
+        self,
+        model: Any,
+        program: SecureProgram,
+        params: SharedParams,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        what: str,
+        callback_list: Any = None,
+    ) -> dict[str, float]:
+        """Keras's loss and metrics on outputs revealed to the caller."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +116,7 @@ class TrainingPlan:
 
 
 def plan_training(
-    engine: MPCEngine,
+    engine: TrainingEngine,
     model: Any,
     x: Any,
     y: Any,
@@ -92,8 +129,6 @@ def plan_training(
         UnsupportedLayerError, CapabilityError, PrecisionOverflowError,
         ValueError: Before any party does work.
     """
-    from privkeras.backends.mpc.engine import _batch_size
-
     for name in _UNSUPPORTED_FIT_ARGUMENTS:
         value = options.pop(name, None)
         if value is not None and not (name == "validation_split" and value == 0):
@@ -127,7 +162,7 @@ def plan_training(
         optimizer=get_optimizer(model.optimizer, engine.name),
         data=data,
         fused=loss.fuses(program.last_activation),
-        batch_size=_batch_size(batch_size),
+        batch_size=check_batch_size(batch_size),
     )
     data.encoded_targets(plan.encode_targets)  # every owner checks its labels first
     program.check_range(data.input_bound(), engine.runtime.codec)
@@ -200,15 +235,13 @@ def train_step(
 
 
 def _reveal_weights(
-    engine: MPCEngine,
+    engine: TrainingEngine,
     plan: TrainingPlan,
     initial: SharedParams,
     final: SharedParams,
     combined_update: bool,
 ) -> None:
     """Reveals the trained weights (or the combined update) to the model owner; writes them."""
-    from privkeras.backends.mpc.engine import MODEL_OWNER
-
     runtime = engine.runtime
     for layer, start, end in zip(plan.program.layers, initial, final):
         for name, variable in layer.variables.items():
@@ -224,7 +257,7 @@ def _reveal_weights(
 
 
 def fit(
-    engine: MPCEngine,
+    engine: TrainingEngine,
     model: Any,
     x: Any = None,
     y: Any = None,
@@ -243,7 +276,7 @@ def fit(
     """Trains `model` under MPC, as `keras.Model.fit` does in plaintext.
 
     Args:
-        engine: The MPC engine.
+        engine: The MPC engine (a `TrainingEngine`).
         model: The compiled `PrivateSequential` (loss and optimizer from `compile`).
         x: Inputs, or a `SharedData` of several owners (then `y=None`).
         y: Targets, for array inputs.
@@ -266,8 +299,6 @@ def fit(
         UnsupportedLayerError, CapabilityError, PrecisionOverflowError,
         ValueError: Before any party does work.
     """
-    from privkeras.backends.mpc.engine import MODEL_OWNER
-
     plan = plan_training(engine, model, x, y, batch_size, **options)
     batches = plan.batches()[:steps_per_epoch]
     validation = None
@@ -314,8 +345,6 @@ def fit(
 
 def _validation_logs(engine, model, plan, params, validation) -> dict[str, float]:
     """`val_*` logs: outputs on the caller's validation data, revealed to the caller."""
-    from privkeras.backends.mpc.engine import _batch_size
-
     x_val, y_val, batch_size = validation
     val_logs = engine.keras_metrics(
         model,
@@ -323,7 +352,7 @@ def _validation_logs(engine, model, plan, params, validation) -> dict[str, float
         params,
         x_val,
         y_val,
-        _batch_size(batch_size),
+        check_batch_size(batch_size),
         what="validation predictions",
     )
     return {f"val_{name}": value for name, value in val_logs.items()}
