@@ -9,6 +9,9 @@ parent:
 @register_he_layer(keras.layers.Dense)
 def dense(layer, input_shape): ...
 ```
+
+Converters live in `CONVERTERS`, a `privkeras.core.registry.Registry`: a class
+registered twice to different converters is refused unless `replace=True`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ from collections.abc import Callable
 from typing import Any
 
 from privkeras.backends.he.steps import Step
+from privkeras.core.registry import Registry
 from privkeras.errors import UnsupportedLayerError
 
-__all__ = ["convert_layer", "register_he_layer", "supported_layers", "unsupported"]
+__all__ = [
+    "CONVERTERS",
+    "convert_layer",
+    "register_he_layer",
+    "supported_layers",
+    "unsupported",
+]
 
 Converter = Callable[[Any, tuple[int, ...]], list[Step]]
 
-_CONVERTERS: dict[type, Converter] = {}
+#: HE converters by exact Keras layer class.
+CONVERTERS: Registry[type, Converter] = Registry(
+    "HE layer converter", unknown_error=UnsupportedLayerError
+)
 
 SUGGESTION = (
     "CKKS evaluates only additions and multiplications: use "
@@ -32,22 +45,25 @@ SUGGESTION = (
 )
 
 
-def register_he_layer(*layer_classes: type) -> Callable[[Converter], Converter]:
-    """Registers a converter for Keras layer classes (exact classes, not subclasses)."""
+def register_he_layer(
+    *layer_classes: type, replace: bool = False
+) -> Callable[[Converter], Converter]:
+    """Registers a converter for Keras layer classes (exact classes, not subclasses).
 
-    def decorate(converter: Converter) -> Converter:
-        for cls in layer_classes:
-            if cls in _CONVERTERS and _CONVERTERS[cls] is not converter:
-                raise ValueError(f"An HE converter for {cls.__name__} is already registered.")
-            _CONVERTERS[cls] = converter
-        return converter
+    Args:
+        *layer_classes: Keras layer classes the converter handles.
+        replace: Allow replacing a converter registered for one of them.
 
-    return decorate
+    Raises:
+        RegistrationError: For a class already registered to another
+            converter, without `replace`.
+    """
+    return CONVERTERS.decorator(*layer_classes, replace=replace)
 
 
 def supported_layers() -> list[str]:
-    """Names of the Keras layer classes the HE engine evaluates."""
-    return sorted(cls.__name__ for cls in _CONVERTERS)
+    """Names of the Keras layer classes the HE engine evaluates, sorted."""
+    return CONVERTERS.names()
 
 
 def unsupported(layer: Any, reason: str) -> UnsupportedLayerError:
@@ -64,10 +80,9 @@ def convert_layer(layer: Any, input_shape: tuple[int, ...]) -> list[Step]:
     Raises:
         UnsupportedLayerError: Naming the layer, the engine and what to use instead.
     """
-    converter = _CONVERTERS.get(type(layer))
-    if converter is None:
+    if type(layer) not in CONVERTERS:
         raise unsupported(layer, f"there is no encrypted version of {type(layer).__name__}")
-    return converter(layer, input_shape)
+    return CONVERTERS.get(type(layer))(layer, input_shape)
 
 
 # Importing the families registers their converters.
