@@ -294,7 +294,7 @@ def test_pond_warns_about_its_dealer_once(monkeypatch):
 
 
 def test_bad_configuration_and_bad_values_are_refused():
-    with pytest.raises(ValueError, match=r"Expected protocol in \['aby3', 'pond'\]"):
+    with pytest.raises(ValueError, match=r"Expected protocol to be one of \['aby3', 'pond'\]"):
         MPCRuntime("spdz")
     with pytest.raises(ValueError, match="Expected kernels in"):
         MPCRuntime("aby3", kernels="jax")
