@@ -1,7 +1,10 @@
 """Approximations of non-linear functions on shared tensors.
 
 Secret-shared arithmetic offers additions, products and exact comparisons;
-everything else is approximated from them. The methods follow CrypTen
+everything else is approximated from them, through `SharedTensor`'s public
+interface only: arithmetic, `div_power_of_two` (a truncation), and the sign
+bit of `negative_bit()` (a `SharedBit`, multiplied into tensors exactly by
+`SharedBit.times`). The methods follow CrypTen
 (Knott et al., "CrypTen: Secure Multi-Party Computation Meets Machine
 Learning", NeurIPS 2021, appendix C) and are tested against numpy on the
 ranges stated here (tests/backends/mpc/test_approximations.py); outside
@@ -43,11 +46,6 @@ EXP_LIMIT_SQUARINGS = 8
 RECIPROCAL_ITERATIONS = 10
 
 
-def _divide_by_power_of_two(x: SharedTensor, bits: int) -> SharedTensor:
-    """x / 2^bits with the protocol's truncation (local for Pond)."""
-    return x._new(x.runtime.protocol.truncate(x.shares, bits))
-
-
 def exp(x: SharedTensor, squarings: int = EXP_SQUARINGS) -> SharedTensor:
     """e^x as p(x / 2^n)^(2^n), p the cubic Taylor polynomial of e^t.
 
@@ -66,7 +64,7 @@ def exp(x: SharedTensor, squarings: int = EXP_SQUARINGS) -> SharedTensor:
         CrypTen uses p(t) = 1 + t with n = 8; the cubic costs two more
         products but needs two fewer squarings and is 10-100x more accurate.
     """
-    t = _divide_by_power_of_two(x, squarings)
+    t = x.div_power_of_two(squarings)
     t2 = t.square()
     # 1 + t + t^2/2 + t^3/6 = 1 + t + t^2 (1/2 + t/6)
     y = 1.0 + t + t2 * (0.5 + t * (1.0 / 6.0))
@@ -82,7 +80,7 @@ def exp_limit(x: SharedTensor, squarings: int = EXP_LIMIT_SQUARINGS) -> SharedTe
     in [-1, 1] for negative x, so large negative inputs give ~0 instead of
     garbage. Relative error about x^2 / 2^(n+1) + 2^(n - f - 1).
     """
-    y = _divide_by_power_of_two(x, squarings) + 1.0
+    y = x.div_power_of_two(squarings) + 1.0
     for _ in range(squarings):
         y = y.square()
     return y
@@ -106,10 +104,10 @@ def reciprocal_positive(x: SharedTensor, iterations: int = RECIPROCAL_ITERATIONS
 
 def reciprocal(x: SharedTensor, iterations: int = RECIPROCAL_ITERATIONS) -> SharedTensor:
     """1 / x for 0.05 <= |x| <= 500 (either sign): sign by one comparison, then Newton-Raphson."""
-    negative = x._negative_bit()
-    (x_neg,), _ = x._times_bit(negative, [x])
+    negative = x.negative_bit()
+    (x_neg,) = negative.times(x)
     y = reciprocal_positive(x - 2 * x_neg, iterations)
-    (y_neg,), _ = x._times_bit(negative, [y])
+    (y_neg,) = negative.times(y)
     return y - 2 * y_neg
 
 
@@ -138,11 +136,11 @@ def sigmoid(x: SharedTensor) -> SharedTensor:
 
     Accurate to about 2e-3 on [-200, 200] with 16 fractional bits.
     """
-    negative = x._negative_bit()
-    (x_neg,), _ = x._times_bit(negative, [x])
+    negative = x.negative_bit()
+    (x_neg,) = negative.times(x)
     positive_part = reciprocal_on_interval(exp_limit(-(x - 2 * x_neg)) + 1.0, 2.0)
     # x < 0: sigmoid(x) = 1 - sigmoid(|x|)
-    (delta,), _ = x._times_bit(negative, [1.0 - 2 * positive_part])
+    (delta,) = negative.times(1.0 - 2 * positive_part)
     return positive_part + delta
 
 

@@ -36,7 +36,7 @@ from privkeras.errors import format_received
 if TYPE_CHECKING:
     from privkeras.backends.mpc.runtime import MPCRuntime
 
-__all__ = ["SharedTensor"]
+__all__ = ["SharedBit", "SharedTensor"]
 
 Tensor = Any
 #: A large negative real used to pad max-pooling windows (far below any activation).
@@ -224,6 +224,21 @@ class SharedTensor:
             )
         return self * (1.0 / divisor)
 
+    def div_power_of_two(self, bits: int) -> SharedTensor:
+        """x / 2^bits by the protocol's truncation (local for Pond), error about one ulp.
+
+        Cheaper and more exact than `x * 2.0**-bits` for large `bits`: no
+        public factor is encoded, so nothing below 2^-f is lost in it.
+
+        Raises:
+            ValueError: Unless `bits` is an integer in [0, 62].
+        """
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 0 <= bits <= 62:
+            raise ValueError(f"Expected bits to be an integer in [0, 62]. Received: bits={bits!r}")
+        if bits == 0:
+            return self
+        return self._new(self._protocol.truncate(self.shares, int(bits)))
+
     # -- reductions -------------------------------------------------------------------------
     def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> SharedTensor:
         k = self._k
@@ -308,53 +323,42 @@ class SharedTensor:
         return self._local(lambda s: fn(k, s))
 
     # -- comparisons -------------------------------------------------------------------------------
-    def _negative_bit(self) -> tuple:
-        """Binary shares of [self < 0] (keeps the mask the comparison opened)."""
-        bit, mask = self._protocol.negative_bit_with_mask(self.shares)
-        self._keep_mask(mask)
-        return bit
+    def negative_bit(self) -> SharedBit:
+        """The secret bit [x < 0] per element, from one exact secure comparison.
 
-    def _times_bit(
-        self, bit, tensors: Sequence[SharedTensor], with_bit: bool = False
-    ) -> tuple[list[SharedTensor], tuple | None]:
-        """[t * bit for t in tensors] (no truncation), and the bit as integer shares if asked."""
-        products, arith, masks = self._protocol.multiply_by_bit(
-            bit, [t.shares for t in tensors], [t._mask for t in tensors], with_bit=with_bit
-        )
-        for tensor, mask in zip(tensors, masks):
-            tensor._keep_mask(mask)
-        return [self._new(p) for p in products], arith
+        Returns:
+            A `SharedBit` of this tensor's shape: multiply tensors by it with
+            `SharedBit.times` (exact), or turn it into shared 0.0/1.0 with
+            `SharedBit.to_tensor`.
+        """
+        shares, mask = self._protocol.negative_bit_with_mask(self.shares)
+        self._keep_mask(mask)  # a later product of x reuses the mask the comparison opened
+        return SharedBit(self.runtime, shares, self.shape)
 
-    def _bit_to_fixed(self, bit) -> SharedTensor:
-        k, f = self._k, self.runtime.codec.precision_bits
-        arith = self._protocol.bit_to_arithmetic(bit)
-        return self._new(tuple(k.shift_left(s, f) for s in arith))
-
-    def _positive_bit(self) -> tuple:
-        """Binary shares of [self > 0] = [-self < 0]; self adopts the mask of -self."""
+    def positive_bit(self) -> SharedBit:
+        """The secret bit [x > 0] = [-x < 0] per element (one comparison); see `negative_bit`."""
         negated = -self
-        bit = negated._negative_bit()
+        bit = negated.negative_bit()
         if negated._mask is not None:
             self._keep_mask(negated._mask.derive(self._k.neg))
         return bit
 
     def drelu(self) -> SharedTensor:
         """Shared 1.0 where x > 0, else 0.0 (the derivative of ReLU)."""
-        return self._bit_to_fixed(self._positive_bit())
+        return self.positive_bit().to_tensor()
 
     def relu(self) -> SharedTensor:
         """max(x, 0), exact: one comparison and one multiplication by the shared bit."""
-        (product,), _ = self._times_bit(self._positive_bit(), [self])
+        (product,) = self.positive_bit().times(self)
         return product
 
     def relu_with_derivative(self) -> tuple[SharedTensor, SharedTensor]:
         """(relu(x), drelu(x)) from one comparison, for backpropagation."""
-        k, f = self._k, self.runtime.codec.precision_bits
-        (product,), arith = self._times_bit(self._positive_bit(), [self], with_bit=True)
-        return product, self._new(tuple(k.shift_left(s, f) for s in arith))
+        (product,), bit = self.positive_bit()._times((self,), with_bit=True)
+        return product, bit
 
     def _less_than(self, other: Any) -> SharedTensor:
-        return self._bit_to_fixed((self - other)._negative_bit())
+        return (self - other).negative_bit().to_tensor()
 
     def __lt__(self, other: Any) -> SharedTensor:
         return self._less_than(other)
@@ -374,7 +378,7 @@ class SharedTensor:
 
     def abs(self) -> SharedTensor:
         """|x|: x - 2 x [x < 0]."""
-        (product,), _ = self._times_bit(self._negative_bit(), [self])
+        (product,) = self.negative_bit().times(self)
         return self - 2 * product
 
     # -- max and argmax ---------------------------------------------------------------------------
@@ -394,12 +398,12 @@ class SharedTensor:
             half = width // 2
             a, b = values[..., :half], values[..., half : 2 * half]
             difference = a - b
-            bit = difference._negative_bit()  # 1 where a < b: take b
+            bit = difference.negative_bit()  # 1 where a < b: take b
             xs = [-difference]  # b - a, with the mask the comparison opened
             if with_argmax:
                 ia, ib = index[..., :half], index[..., half : 2 * half]
                 xs.append(ib - ia)
-            products, _ = self._times_bit(bit, xs)
+            products = bit.times(*xs)
             new_values = a + products[0]
             if with_argmax:
                 new_index = ia + products[1]
@@ -527,6 +531,93 @@ class SharedTensor:
     def reveal(self, to: str = "caller", what: str = "value") -> np.ndarray:
         """The plaintext value, sent to `to` and logged in `runtime.reveal_log`."""
         return self.runtime.reveal(self, to=to, what=what)
+
+
+class SharedBit:
+    """A secret bit per element, the result of an exact secure comparison.
+
+    Made by `SharedTensor.negative_bit()` ([x < 0]) and `positive_bit()`
+    ([x > 0]); not by calling this constructor. The bit stays in the
+    protocol's binary sharing (no party learns it): it has no arithmetic of
+    its own, only the two conversions below, which is what sign-dependent
+    approximations (|x|, the sign of a reciprocal, a mirrored sigmoid) need.
+
+    Args:
+        runtime: The `MPCRuntime` whose parties hold the bit.
+        shares: The bit's binary share components, as the protocol returned them.
+        shape: Its shape (that of the compared tensor).
+
+    Example:
+
+    ```python
+    negative = x.negative_bit()          # [x < 0], one comparison
+    (x_neg,) = negative.times(x)         # x [x < 0], exact
+    absolute = x - 2 * x_neg             # |x|
+    ```
+    """
+
+    __slots__ = ("runtime", "shape", "shares")
+
+    def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...], shape: tuple[int, ...]):
+        self.runtime = runtime
+        self.shares = shares  # kept as the protocol made it (its type may mark the sharing)
+        self.shape = tuple(shape)
+
+    def __repr__(self) -> str:
+        return f"SharedBit(shape={self.shape}, protocol={self.runtime.protocol_name!r})"
+
+    def __bool__(self) -> bool:
+        raise TypeError("A SharedBit has no truth value: it is secret. Use .times() or reveal it.")
+
+    def times(self, *tensors: SharedTensor) -> tuple[SharedTensor, ...]:
+        """`t * bit` for each shared `t`, exact (no truncation), all in one round of products.
+
+        Args:
+            *tensors: SharedTensors of the same runtime whose shapes broadcast
+                with the bit's.
+
+        Returns:
+            One product per tensor, in order.
+
+        Raises:
+            MPCInputError: For tensors of another runtime or shapes that do not broadcast.
+        """
+        products, _ = self._times(tensors, with_bit=False)
+        return products
+
+    def to_tensor(self) -> SharedTensor:
+        """The bit as a shared fixed-point 0.0 / 1.0 (one conversion round)."""
+        protocol, k = self.runtime.protocol, self.runtime.kernels
+        f = self.runtime.codec.precision_bits
+        arith = protocol.bit_to_arithmetic(self.shares)
+        return SharedTensor(self.runtime, tuple(k.shift_left(s, f) for s in arith))
+
+    def reveal(self, to: str = "caller", what: str = "bit") -> np.ndarray:
+        """The plaintext 0.0 / 1.0 values, opened to `to` and logged (see `SharedTensor.reveal`)."""
+        return self.to_tensor().reveal(to=to, what=what)
+
+    def _times(
+        self, tensors: Sequence[SharedTensor], with_bit: bool
+    ) -> tuple[tuple[SharedTensor, ...], SharedTensor | None]:
+        """The products and, if asked, the bit as a fixed-point tensor from the same round."""
+        for tensor in tensors:
+            if not isinstance(tensor, SharedTensor) or tensor.runtime is not self.runtime:
+                raise MPCInputError(
+                    "Expected SharedTensors of the bit's runtime. "
+                    f"Received: {type(tensor).__name__}"
+                    + ("" if not isinstance(tensor, SharedTensor) else " of another runtime")
+                )
+            _check_operand_shapes("mul", self.shape, tensor.shape, {})
+        products, arith, masks = self.runtime.protocol.multiply_by_bit(
+            self.shares, [t.shares for t in tensors], [t._mask for t in tensors], with_bit=with_bit
+        )
+        for tensor, mask in zip(tensors, masks):
+            tensor._keep_mask(mask)
+        results = tuple(SharedTensor(self.runtime, tuple(p)) for p in products)
+        if not with_bit:
+            return results, None
+        k, f = self.runtime.kernels, self.runtime.codec.precision_bits
+        return results, SharedTensor(self.runtime, tuple(k.shift_left(s, f) for s in arith))
 
 
 _PUBLIC_PRODUCTS: dict[str, Callable[..., Tensor]] = {

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import privkeras as pk
 from privkeras.backends.mpc.runtime import MPCRuntime
-from privkeras.backends.mpc.tensor import SharedTensor
+from privkeras.backends.mpc.tensor import SharedBit, SharedTensor
 
 pytestmark = pytest.mark.filterwarnings("ignore:MPC protocol 'pond' trusts its dealer")
 
@@ -178,3 +178,57 @@ def test_low_level_api_follows_the_keras_backend(keras_backend):
             pk.mpc.set_runtime("aby3")
     finally:
         pk.mpc.set_runtime(None)
+
+
+def test_sign_bits_multiply_exactly_and_convert_to_fixed_point(rt):
+    a = _quantized(np.array([[-2.5, 0.0, 3.25], [1e-3, -1e-3, 7.0]]))
+    b = _quantized(np.linspace(-1, 1, 6).reshape(2, 3))
+    x, y = rt.share(a), rt.share(b)
+    negative, positive = x.negative_bit(), x.positive_bit()
+    assert isinstance(negative, SharedBit) and negative.shape == (2, 3)
+    assert "SharedBit(shape=(2, 3)" in repr(negative)
+    np.testing.assert_array_equal(negative.to_tensor().reveal(), (a < 0).astype(float))
+    np.testing.assert_array_equal(positive.reveal(what="sign"), (a > 0).astype(float))
+    assert rt.reveal_log[-1].what == "sign"
+    x_neg, y_neg = negative.times(x, y)  # exact: no truncation
+    np.testing.assert_array_equal(x_neg.reveal(), a * (a < 0))
+    np.testing.assert_array_equal(y_neg.reveal(), b * (a < 0))
+    (row,) = negative.times(y[:1])  # broadcasts like a product
+    np.testing.assert_array_equal(row.reveal(), b[:1] * (a < 0))
+    with pytest.raises(TypeError, match="no truth value"):
+        bool(negative)
+    with pytest.raises(ValueError, match="broadcast"):
+        negative.times(rt.share(np.ones((3, 2))))
+    other = MPCRuntime(rt.protocol_name, kernels="numpy", seed=1)
+    with pytest.raises(ValueError, match="another runtime"):
+        negative.times(other.share(a))
+    with pytest.raises(ValueError, match="SharedTensors"):
+        negative.times(np.ones((2, 3)))
+
+
+def test_division_by_a_power_of_two_is_a_truncation(rt):
+    a = _quantized(np.array([-1000.0, -1.5, 0.0, 0.75, 123.456]))
+    x = rt.share(a)
+    for bits in (0, 1, 6, 16):
+        assert np.max(np.abs(x.div_power_of_two(bits).reveal() - a / 2**bits)) <= 2 * ULP
+    for bad in (-1, 63, 1.5, True):
+        with pytest.raises(ValueError, match=r"bits to be an integer in \[0, 62\]"):
+            x.div_power_of_two(bad)
+
+
+def test_approximations_use_only_the_public_interface_of_shared_tensors():
+    import ast
+    import inspect
+
+    from privkeras.backends.mpc import approximations
+
+    tree = ast.parse(inspect.getsource(approximations))
+    private = sorted(
+        {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+        }
+    )
+    assert private == []
+    assert "protocol" not in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
