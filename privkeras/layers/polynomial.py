@@ -4,6 +4,8 @@ CKKS can add and multiply, nothing else: `relu`, `sigmoid` and `tanh` are out
 of reach under encryption. A polynomial is not. Train with this layer in
 plaintext, on any Keras backend, and the same model compiles for HE inference
 (`model.compile(privacy="he")`) with identical outputs up to CKKS noise.
+Under `privacy="mpc"` the layer runs for inference and training too, as
+shared products only (cheaper than a secure ReLU's comparison).
 """
 
 from __future__ import annotations

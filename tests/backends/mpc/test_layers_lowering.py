@@ -215,6 +215,7 @@ def test_supported_layer_list_covers_the_issue():
         "GlobalAveragePooling2D",
         "Dropout",
         "BatchNormalization",
+        "PolynomialActivation",
     } <= names
 
 

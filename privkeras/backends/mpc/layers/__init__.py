@@ -1,7 +1,8 @@
 """Secure versions of Keras layers for the MPC engines, one file per family.
 
 Importing this package registers every family (dense, conv, activations,
-pooling, reshape, normalization, regularization) in `registry`.
+polynomial activations, pooling, reshape, normalization, regularization) in
+`registry`.
 """
 
 from privkeras.backends.mpc.layers import (  # noqa: F401  (each import registers a family)
@@ -9,6 +10,7 @@ from privkeras.backends.mpc.layers import (  # noqa: F401  (each import register
     conv,
     dense,
     normalization,
+    polynomial,
     pooling,
     regularization,
     reshape,
