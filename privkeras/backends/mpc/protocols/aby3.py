@@ -10,8 +10,17 @@ Notes:
     Mohassel and Rindal, "ABY3: A Mixed Protocol Framework for Machine
     Learning", CCS 2018; Araki et al., "High-throughput semi-honest secure
     three-party computation with an honest majority", CCS 2016 (replicated
-    multiplication, zero sharing from pairwise keys). Semi-honest, honest
-    majority: security holds while at most one party is corrupted.
+    multiplication, zero sharing from pairwise keys).
+
+    Security claim: semi-honest, honest majority. Any single party's view
+    (every message it receives, plus every random value it holds a key to or
+    dealt) is independent of the secrets: each received value is masked by a
+    draw from a key that party does not hold, and no two received values
+    share that mask. The outputs a reveal names are the only exception. Two
+    colluding parties learn everything. `tests/backends/mpc/test_party_views.py`
+    checks the claim for p0, p1 and p2 on a `predict` and a training step by
+    knockout provenance, and replays the attack that found an unmasked helper
+    message in an earlier version.
 
     Zero sharing: keys k_j are shared by parties j and j-1; party i uses
     alpha_i = F(k_i) - F(k_{i+1}) (XOR for binary). The alphas sum to zero
@@ -35,7 +44,9 @@ Notes:
     Comparisons (default, `helper_comparisons`): x is a 2-out-of-2 sharing
     of p0 (x0 + x1) and p1 (x2) for free, so p0 and p1 run Pond's
     comparison with p2 as its dealer, and the results return to replicated
-    shares in one round: a sign costs 6 rounds, a ReLU 8. Without the
+    shares in one round: a sign costs 6 rounds, a ReLU 8. p2 dealt every mask
+    of that circuit, so what p0 and p1 send it on the way back is padded with
+    draws from their pairwise key (`_from_two_party`). Without the
     helper: the three components are three addends known to two parties
     each; a full-adder layer (one AND round) turns them into two addends,
     and the Kogge-Stone circuit (section 5.3) finds the sign bit in 7 more
@@ -210,8 +221,24 @@ class ABY3Protocol(Protocol):
         return self._truncate_3of3([k.add(z[i], alpha[i]) for i in range(3)], bits), (None, None)
 
     def truncate(self, x: Shares, bits: int) -> Shares:
-        # Party i's own component is a 3-out-of-3 sharing of x (already random).
-        return self._truncate_3of3(list(x), bits)
+        """Truncates a replicated sharing in one round, sending nothing a party already knows.
+
+        Component x_i is held by parties i and i - 1, so (unlike a fresh 3-out-of-3
+        product) it is not a private share. p0 holds x0, x1 and r0, r1 and needs only
+        d2 = x2 - r2 (from p2, which holds x2 and r2); p1 holds x1, x2 and r1, r2 and
+        needs only d0 = x0 - r0 (from p0). Each learns D = x - r, masked by the part
+        of r it misses.
+        """
+        k = self.kernels
+        names = self.parties
+        r, s = self._truncation_pair(self.shape(x), bits)
+        d = [k.sub(x[i], r[i]) for i in range(3)]
+        inbox = self.communicator.exchange(
+            [Message(names[2], names[0], d[2]), Message(names[0], names[1], d[0])]
+        )
+        # p0's copy of D (p1's, with d0 received and d1 + d2 its own, is equal).
+        opened = k.add(k.add(d[0], d[1]), inbox[names[2], names[0]])
+        return s[0], k.add(s[1], k.shift_right_arithmetic(opened, bits)), s[2]
 
     def _truncation_pair(self, shape, bits: int) -> tuple[list[Tensor], Shares]:
         """The helper p2's pair (r, ceil(r / 2^bits)): r 3-out-of-3, the quotient replicated.
@@ -317,8 +344,15 @@ class ABY3Protocol(Protocol):
     def _from_two_party(self, values: list[tuple[Tensor, Tensor]]) -> list[Shares]:
         """2-out-of-2 sharings (a at p0, b at p1) back to replicated ones, in one round.
 
-        The result is (a - rho, rho, b) with rho from the key of p0 and p1: p0 sends
-        a - rho to p2, p1 sends b to p2.
+        The result is (a - rho - sigma, rho, b + sigma) with rho and sigma from the
+        key of p0 and p1: p0 sends a - rho - sigma to p2, p1 sends b + sigma to p2.
+
+        Notes:
+            p2 dealt the randomness that a and b are built from (it is the dealer of
+            the two-party circuit), so b alone would tell p2 the result: sigma, which
+            p2 does not hold, is the one-time pad that hides b from it, and rho hides
+            a + b. (Without sigma, p2 recovered every comparison bit and about half of
+            the ReLU inputs of a `predict`; tests/backends/mpc/test_party_views.py.)
         """
         if not values:
             return []
@@ -326,10 +360,18 @@ class ABY3Protocol(Protocol):
         p0, p1, p2 = self.parties
         pair = self.streams.pair(0, 1)
         rhos = [k.from_numpy(pair.ring(k.shape(a))) for a, _ in values]
+        sigmas = [k.from_numpy(pair.ring(k.shape(a))) for a, _ in values]
         inbox = self.communicator.exchange(
             [
-                Message(p0, p2, tuple(k.sub(a, rho) for (a, _), rho in zip(values, rhos))),
-                Message(p1, p2, tuple(b for _, b in values)),
+                Message(
+                    p0,
+                    p2,
+                    tuple(
+                        k.sub(k.sub(a, rho), sigma)
+                        for (a, _), rho, sigma in zip(values, rhos, sigmas)
+                    ),
+                ),
+                Message(p1, p2, tuple(k.add(b, sigma) for (_, b), sigma in zip(values, sigmas))),
             ]
         )
         return [(inbox[p0, p2][j], rhos[j], inbox[p1, p2][j]) for j in range(len(values))]
