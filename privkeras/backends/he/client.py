@@ -13,12 +13,19 @@ from privkeras.backends.he.context import (
     PublicContext,
     galois_elements,
     key_fingerprint,
+    received_seal_context,
     seal_context,
 )
 from privkeras.backends.he.errors import ContextMismatchError, HEInputError, SecretKeyError
 from privkeras.backends.he.params import INTEGER_BITS, CKKSParameters
 from privkeras.backends.he.program import PackingSpec
-from privkeras.backends.he.wire import pack_message, seal_from_bytes, seal_to_bytes, unpack_message
+from privkeras.backends.he.wire import (
+    ckks_parameters,
+    pack_message,
+    seal_from_bytes,
+    seal_to_bytes,
+    unpack_message,
+)
 from privkeras.errors import PrecisionOverflowError
 
 __all__ = ["HEClient"]
@@ -132,12 +139,17 @@ class HEClient:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HEClient:
-        """Restores a client saved with `to_bytes(include_secret_key=True)`."""
+        """Restores a client saved with `to_bytes(include_secret_key=True)`.
+
+        Raises:
+            HEInputError: For bytes that are not a well-formed secret context.
+        """
         import tenseal.sealapi as sealapi
 
-        meta, blobs = unpack_message(data, "secret-context")
-        parameters = CKKSParameters.from_config(meta["parameters"])
-        context = seal_context(parameters)
+        fields = {"parameters": ckks_parameters}
+        meta, blobs = unpack_message(data, "secret-context", fields, blobs=(3, 3))
+        parameters = meta["parameters"]
+        context = received_seal_context(parameters, "secret-context")
         keys = tuple(
             seal_from_bytes(kind, context, blob)
             for kind, blob in zip((sealapi.SecretKey, sealapi.PublicKey, sealapi.RelinKeys), blobs)
@@ -210,6 +222,11 @@ class HEClient:
         import tenseal.sealapi as sealapi
 
         self._check_spec(spec)
+        if not isinstance(batch, EncryptedBatch):
+            raise ContextMismatchError(
+                f"Expected an EncryptedBatch from HEServer.evaluate. Received: "
+                f"{type(batch).__name__}"
+            )
         if batch.context_id != self.fingerprint:
             raise ContextMismatchError(
                 f"Expected ciphertexts under this client's keys ({self.fingerprint}). Received: "
@@ -221,6 +238,11 @@ class HEClient:
                 f"{batch.spec_id}"
             )
         layout = spec.output_layout if batch.role == "outputs" else spec.input_layout
+        if not 1 <= batch.n_samples <= layout.block:
+            raise HEInputError(
+                f"Expected 1 to {layout.block} samples in a group packed by this spec. "
+                f"Received: n_samples={batch.n_samples}"
+            )
         if len(batch.ciphertexts) != layout.n_ciphertexts:
             raise ContextMismatchError(
                 f"Expected {layout.n_ciphertexts} {batch.role} ciphertexts. "

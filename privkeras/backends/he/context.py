@@ -7,6 +7,11 @@ that holds one. An `EncryptedBatch` is a group of ciphertexts tagged with the
 identity of its key pair and packing spec, so that mixing them up is an
 error rather than silent garbage.
 
+Both travel as bytes (`to_bytes` / `from_bytes`); `from_bytes` is the parse
+of bytes from the other role and checks everything it can before anything is
+computed (`wire.unpack_message`): malformed bytes raise `HEInputError`,
+well-formed bytes meant for another key pair raise `ContextMismatchError`.
+
 Note: these identities are integrity checks against mistakes, not against an
 attacker: a malicious party can always forge metadata.
 """
@@ -16,12 +21,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from typing import Any
 
 from privkeras.backends.he.ckks import SealOps
-from privkeras.backends.he.errors import ContextMismatchError, SecretKeyError
+from privkeras.backends.he.errors import ContextMismatchError, HEInputError, SecretKeyError
 from privkeras.backends.he.params import CKKSParameters
-from privkeras.backends.he.wire import pack_message, seal_from_bytes, seal_to_bytes, unpack_message
+from privkeras.backends.he.wire import (
+    MAX_BLOBS,
+    ckks_parameters,
+    hex_id,
+    integer,
+    integers,
+    one_of,
+    optional,
+    pack_message,
+    seal_from_bytes,
+    seal_to_bytes,
+    unpack_message,
+)
 
 __all__ = ["EncryptedBatch", "PublicContext", "galois_elements", "key_fingerprint", "seal_context"]
 
@@ -46,6 +64,22 @@ def seal_context(parameters: CKKSParameters) -> Any:
             f"SEAL rejects {parameters}: {context.parameters_error_message()}"
         )
     return context
+
+
+def received_seal_context(parameters: CKKSParameters, kind: str) -> Any:
+    """`seal_context(parameters)` for parameters read from a message of `kind`.
+
+    Raises:
+        HEInputError: When SEAL cannot build a context for them (no primes of
+            those sizes for that ring, for example).
+    """
+    try:
+        return seal_context(parameters)
+    except (ValueError, RuntimeError) as error:
+        raise HEInputError(
+            f"Expected CKKS parameters SEAL accepts in a {kind!r} message. Received: "
+            f"{parameters} ({str(error)[:160]})"
+        ) from None
 
 
 def key_fingerprint(public_key: Any) -> str:
@@ -144,7 +178,7 @@ class PublicContext:
     def to_bytes(self) -> bytes:
         """Parameters, public, relinearization and Galois keys (there is no secret key)."""
         blobs = [seal_to_bytes(self.public_key), seal_to_bytes(self.relin_keys)]
-        if self.galois_keys is not None:
+        if self.galois_keys is not None and self.rotation_steps != frozenset():
             blobs.append(seal_to_bytes(self.galois_keys))
         header = {
             "parameters": self.parameters.get_config(),
@@ -154,15 +188,45 @@ class PublicContext:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PublicContext:
+        """Loads a context sent by `to_bytes`, every key checked against the parameters.
+
+        Raises:
+            HEInputError: For bytes that are not a well-formed public context:
+                truncated or forged, keys SEAL rejects, Galois keys missing for a
+                rotation step the header lists, or present without one.
+        """
         import tenseal.sealapi as sealapi
 
-        meta, blobs = unpack_message(data, "public-context")
-        parameters = CKKSParameters.from_config(meta["parameters"])
-        context = seal_context(parameters)
+        fields = {
+            "parameters": ckks_parameters,
+            "rotation_steps": optional(integers(1, 1 << 15, 1 << 15, unique=True)),
+        }
+        meta, blobs = unpack_message(data, "public-context", fields, blobs=(2, 3))
+        parameters, steps = meta["parameters"], meta["rotation_steps"]
+        if steps is not None and max(steps, default=0) >= parameters.slots:
+            raise HEInputError(
+                f"Expected rotation steps in [1, {parameters.slots - 1}] for N="
+                f"{parameters.poly_modulus_degree}. Received: rotation_steps up to {max(steps)}"
+            )
+        wants_galois = steps is None or bool(steps)
+        if wants_galois != (len(blobs) == 3):
+            raise HEInputError(
+                "Expected Galois keys exactly when the context lists rotation steps (or "
+                f"null: every step). Received: rotation_steps={_steps_shown(steps)} with "
+                f"{len(blobs) - 2} Galois key blob(s)"
+            )
+        context = received_seal_context(parameters, "public-context")
         public = seal_from_bytes(sealapi.PublicKey, context, blobs[0])
         relin = seal_from_bytes(sealapi.RelinKeys, context, blobs[1])
-        galois = seal_from_bytes(sealapi.GaloisKeys, context, blobs[2]) if len(blobs) > 2 else None
-        return cls(parameters, public, relin, galois, meta["rotation_steps"])
+        if not relin.has_key(2):
+            raise HEInputError(
+                "Expected relinearization keys for ciphertexts of size 3. Received: relin "
+                "keys without them"
+            )
+        galois = seal_from_bytes(sealapi.GaloisKeys, context, blobs[2]) if wants_galois else None
+        if galois is not None:
+            _check_galois_coverage(galois, steps, parameters)
+        return cls(parameters, public, relin, galois, steps)
 
     def __repr__(self) -> str:
         steps = "all" if self.rotation_steps is None else len(self.rotation_steps)
@@ -170,6 +234,36 @@ class PublicContext:
             f"PublicContext(N={self.parameters.poly_modulus_degree}, rotation_steps={steps}, "
             f"id={self.fingerprint})"
         )
+
+
+def _steps_shown(steps: Any) -> str:
+    if steps is None or len(steps) <= 8:
+        return repr(steps)
+    return f"[{len(steps)} steps]"
+
+
+def _check_galois_coverage(galois: Any, steps: Any, parameters: CKKSParameters) -> None:
+    """Galois keys hold a key for every listed step (power-of-two steps both ways for None)."""
+    n, slots = parameters.poly_modulus_degree, parameters.slots
+    if steps is None:
+        powers = [1 << i for i in range(slots.bit_length() - 1)]
+        needed = {s: e for s in powers for e in galois_elements([s, slots - s], n)}
+    else:
+        needed = {s: galois_elements([s], n)[0] for s in steps}
+    missing = sorted(step for step, element in needed.items() if not galois.has_key(element))
+    if missing:
+        raise HEInputError(
+            f"Expected Galois keys for the rotation steps {_steps_shown(steps)} the context "
+            f"lists. Received: Galois keys without steps {missing[:10]}"
+        )
+
+
+_BATCH_FIELDS = {
+    "n_samples": integer(1, 1 << 15),
+    "role": one_of("inputs", "outputs"),
+    "spec_id": hex_id(),
+    "context_id": hex_id(),
+}
 
 
 @dataclasses.dataclass(eq=False)
@@ -203,18 +297,55 @@ class EncryptedBatch:
     def from_bytes(cls, data: bytes, context: Any) -> EncryptedBatch:
         """Loads ciphertexts for `context` (a `PublicContext` or an `HEClient`).
 
+        Inputs must be fresh: two polynomials, at the top level, at the
+        parameters' scale. Outputs must be two-polynomial ciphertexts at a
+        usable scale.
+
         Raises:
+            HEInputError: For bytes that are not well-formed ciphertexts for
+                these parameters (see `wire.unpack_message`).
             ContextMismatchError: When they were encrypted under another key pair.
-            HEInputError: For bytes that are not ciphertexts for these parameters.
         """
         import tenseal.sealapi as sealapi
 
-        meta, blobs = unpack_message(data, "ciphertexts")
+        meta, blobs = unpack_message(data, "ciphertexts", _BATCH_FIELDS, blobs=(1, MAX_BLOBS))
+        parameters = context.parameters
+        if meta["n_samples"] > parameters.slots:
+            raise HEInputError(
+                f"Expected at most {parameters.slots} samples in a ciphertext group for N="
+                f"{parameters.poly_modulus_degree}. Received: n_samples={meta['n_samples']}"
+            )
         if meta["context_id"] != context.fingerprint:
             raise ContextMismatchError(
                 f"Expected ciphertexts under context {context.fingerprint}. Received: "
                 f"ciphertexts under context {meta['context_id']} (another key pair)"
             )
-        context_data = seal_context(context.parameters)
+        context_data = seal_context(parameters)
         cts = [seal_from_bytes(sealapi.Ciphertext, context_data, blob) for blob in blobs]
+        for index, ct in enumerate(cts):
+            _check_received_ciphertext(ct, index, meta["role"], parameters, context_data)
         return cls(cts, meta["n_samples"], meta["role"], meta["spec_id"], meta["context_id"])
+
+
+def _check_received_ciphertext(
+    ct: Any, index: int, role: str, parameters: CKKSParameters, context_data: Any
+) -> None:
+    fresh = role == "inputs"
+    scale = float(ct.scale)
+    problems = []
+    if ct.size() != 2:
+        problems.append(f"size={ct.size()} (relinearized ciphertexts have 2 polynomials)")
+    if fresh and tuple(ct.parms_id()) != tuple(context_data.first_parms_id()):
+        problems.append("a level below the top (already evaluated)")
+    if not math.isfinite(scale) or scale < 1.0 or (fresh and scale != parameters.scale):
+        problems.append(f"scale={scale!r}")
+    if problems:
+        expected = (
+            f"fresh ciphertexts (2 polynomials, top level, scale 2^{parameters.scale_bits})"
+            if fresh
+            else "evaluated ciphertexts of 2 polynomials at a finite scale"
+        )
+        raise HEInputError(
+            f"Expected {role} as {expected}. Received: ciphertext {index} with "
+            f"{', '.join(problems)}"
+        )

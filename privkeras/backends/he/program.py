@@ -24,12 +24,22 @@ from typing import Any
 import numpy as np
 
 from privkeras.backends.he.ckks import CiphertextOps
-from privkeras.backends.he.layers import convert_layer
+from privkeras.backends.he.errors import HEInputError
 from privkeras.backends.he.layout import SlotLayout
 from privkeras.backends.he.linear_transform import LinearTransform
 from privkeras.backends.he.params import CKKSParameters
 from privkeras.backends.he.polynomial import PolynomialEvaluator
 from privkeras.backends.he.steps import AffineStep, PolynomialStep, Step, optimize, step_depth
+from privkeras.backends.he.wire import (
+    FieldError,
+    ckks_parameters,
+    hex_id,
+    integer,
+    integers,
+    mapping,
+    pack_message,
+    unpack_message,
+)
 from privkeras.errors import UnsupportedLayerError
 
 __all__ = ["HEGraph", "PackedProgram", "PackingSpec"]
@@ -60,6 +70,8 @@ class HEGraph:
             UnsupportedLayerError: For the first layer without an HE version,
                 naming it and suggesting `PolynomialActivation`.
         """
+        from privkeras.backends.he.layers import convert_layer  # Keras, only when converting
+
         try:
             input_shape = tuple(int(d) for d in model.input_shape[1:])
         except (AttributeError, ValueError, TypeError) as error:
@@ -255,20 +267,133 @@ class PackingSpec:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PackingSpec:
-        return cls(
-            parameters=CKKSParameters.from_config(config["parameters"]),
-            input_shape=tuple(config["input_shape"]),
-            output_shape=tuple(config["output_shape"]),
-            input_gather=np.asarray(config["input_gather"], np.int64),
-            input_layout=SlotLayout.from_config(config["input_layout"]),
-            output_layout=SlotLayout.from_config(config["output_layout"]),
-            rotation_steps=tuple(config["rotation_steps"]),
-            model_id=config["model_id"],
-        )
+        """The spec of `get_config()`, every field checked (it comes from the server).
+
+        Raises:
+            HEInputError: For a config that does not describe a consistent
+                packing: a missing, unexpected or invalid field, layouts for
+                other parameters, or feature positions that do not cover the
+                inputs and outputs exactly once.
+        """
+        if not isinstance(config, dict) or set(config) != set(_SPEC_FIELDS):
+            received = sorted(config) if isinstance(config, dict) else type(config).__name__
+            raise HEInputError(
+                f"Expected a packing spec config with the fields {sorted(_SPEC_FIELDS)}. "
+                f"Received: {received}"
+            )
+        fields = {}
+        for name, check in _SPEC_FIELDS.items():
+            try:
+                fields[name] = check(config[name])
+            except FieldError as error:
+                raise HEInputError(
+                    f"Expected packing spec field {name!r} to be {error.expected}. "
+                    f"Received: {name}={str(config[name])[:80]}"
+                ) from None
+        return _checked_spec(fields)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.get_config(), sort_keys=True).encode()
+        """A `packing-spec` message (`wire.pack_message`) for a client on another machine."""
+        return pack_message("packing-spec", self.get_config(), [])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PackingSpec:
-        return cls.from_config(json.loads(data.decode()))
+        """Loads a spec sent by `to_bytes` (see `from_config` for the checks).
+
+        Raises:
+            HEInputError: For bytes that are not a well-formed, consistent spec.
+        """
+        meta, _ = unpack_message(data, "packing-spec", _SPEC_FIELDS, blobs=(0, 0))
+        return _checked_spec({name: meta[name] for name in _SPEC_FIELDS})
+
+
+_MAX_FEATURES = 1 << 24
+_shape = integers(1, _MAX_FEATURES, 8, min_length=1)
+_SPEC_FIELDS = {
+    "parameters": ckks_parameters,
+    "input_shape": _shape,
+    "output_shape": _shape,
+    "input_gather": integers(-1, _MAX_FEATURES, _MAX_FEATURES, min_length=1),
+    "input_layout": mapping,
+    "output_layout": mapping,
+    "rotation_steps": integers(1, 1 << 15, 1 << 15, unique=True),
+    "model_id": hex_id(),
+}
+
+
+def _checked_spec(fields: dict[str, Any]) -> PackingSpec:
+    """A `PackingSpec` from validated fields, checked for consistency."""
+    parameters: CKKSParameters = fields["parameters"]
+    n_inputs = math.prod(fields["input_shape"])
+    n_outputs = math.prod(fields["output_shape"])
+    if max(n_inputs, n_outputs) > _MAX_FEATURES:
+        raise HEInputError(
+            f"Expected at most {_MAX_FEATURES} features per sample. Received: input_shape="
+            f"{fields['input_shape']}, output_shape={fields['output_shape']}"
+        )
+    gather = np.asarray(fields["input_gather"], np.int64)
+    if gather.max() >= n_inputs:
+        raise HEInputError(
+            f"Expected input_gather indices in [-1, {n_inputs - 1}] for input_shape "
+            f"{fields['input_shape']}. Received: an index {int(gather.max())}"
+        )
+    input_layout = _layout(fields["input_layout"], "input_layout", parameters, len(gather))
+    output_layout = _layout(fields["output_layout"], "output_layout", parameters, n_outputs)
+    if input_layout.block != output_layout.block:
+        raise HEInputError(
+            f"Expected input and output layouts with the same block. Received: "
+            f"{input_layout.block} and {output_layout.block}"
+        )
+    steps = fields["rotation_steps"]
+    if max(steps, default=0) >= parameters.slots:
+        raise HEInputError(
+            f"Expected rotation steps in [1, {parameters.slots - 1}]. Received: {max(steps)}"
+        )
+    return PackingSpec(
+        parameters=parameters,
+        input_shape=tuple(fields["input_shape"]),
+        output_shape=tuple(fields["output_shape"]),
+        input_gather=gather,
+        input_layout=input_layout,
+        output_layout=output_layout,
+        rotation_steps=tuple(sorted(steps)),
+        model_id=fields["model_id"],
+    )
+
+
+_LAYOUT_KEYS = ("slots", "block", "tile", "positions")
+
+
+def _layout(
+    config: dict[str, Any], name: str, parameters: CKKSParameters, n_features: int
+) -> SlotLayout:
+    """A `SlotLayout` from a received config: the parameters' slots, each feature once."""
+    slots = parameters.slots
+    expected = (
+        f"{name} {{slots: {slots}, block and tile powers of two with tile * block <= {slots}, "
+        f"positions: a multiple of tile entries placing each of the {n_features} features "
+        f"once (-1 for padding)}}"
+    )
+    if set(config) != set(_LAYOUT_KEYS):
+        raise HEInputError(f"Expected {expected}. Received: fields {sorted(config)}")
+    try:
+        integer(slots, slots)(config["slots"])
+        block, tile = integer(1, slots)(config["block"]), integer(1, slots)(config["tile"])
+        positions = integers(-1, n_features - 1, 2 * n_features + tile)(config["positions"])
+    except FieldError as error:
+        raise HEInputError(f"Expected {expected}. Received: {error.expected} violated") from None
+    placed = np.asarray(positions, np.int64)
+    placed = placed[placed >= 0]
+    if (
+        block & (block - 1)
+        or tile & (tile - 1)
+        or tile * block > slots
+        or len(positions) % tile
+        or len(placed) != n_features
+        or len(np.unique(placed)) != n_features
+    ):
+        raise HEInputError(
+            f"Expected {expected}. Received: block={block}, tile={tile}, "
+            f"{len(positions)} positions placing {len(np.unique(placed))} distinct features"
+        )
+    return SlotLayout(slots, block, tile, np.asarray(positions, np.int64))

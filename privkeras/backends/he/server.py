@@ -8,7 +8,7 @@ from typing import Any
 from privkeras.backends.he.ckks import chain_primes
 from privkeras.backends.he.context import EncryptedBatch, PublicContext
 from privkeras.backends.he.cost import program_cost
-from privkeras.backends.he.errors import ContextMismatchError, SecretKeyError
+from privkeras.backends.he.errors import ContextMismatchError, HEInputError, SecretKeyError
 from privkeras.backends.he.layout import next_power_of_two
 from privkeras.backends.he.params import CKKSParameters, select_parameters
 from privkeras.backends.he.program import HEGraph, PackedProgram, PackingSpec
@@ -150,6 +150,11 @@ class HEServer:
                 f"({sorted(self._specs)}). Received: spec {batch.spec_id}"
             )
         program = self.program(self._specs[batch.spec_id])
+        if not 1 <= batch.n_samples <= program.block:
+            raise HEInputError(
+                f"Expected 1 to {program.block} samples in a group packed by spec "
+                f"{batch.spec_id}. Received: n_samples={batch.n_samples}"
+            )
         if not context.covers(program.rotation_steps):
             missing = sorted(program.rotation_steps - (context.rotation_steps or set()))
             raise ContextMismatchError(
@@ -174,11 +179,15 @@ class HEServer:
         top = tuple(context.seal_context.first_parms_id())
         for ct in batch.ciphertexts:
             if (
-                not sealapi.is_metadata_valid_for(ct, context.seal_context)
+                not isinstance(ct, sealapi.Ciphertext)
+                or not sealapi.is_metadata_valid_for(ct, context.seal_context)
                 or tuple(ct.parms_id()) != top
+                or ct.size() != 2
+                or ct.scale != context.parameters.scale
             ):
                 raise ContextMismatchError(
-                    "Expected fresh ciphertexts for these encryption parameters. Received: a "
+                    "Expected fresh ciphertexts for these encryption parameters (2 polynomials, "
+                    f"top level, scale 2^{context.parameters.scale_bits}). Received: a "
                     "ciphertext made under other parameters or already evaluated"
                 )
 
