@@ -1,11 +1,13 @@
 """Ring kernels on TensorFlow int64 tensors (the TF-Encrypted style engine's arithmetic).
 
-TensorFlow's int64 matmul is a plain Eigen loop (3-5x slower than torch's on
-CPU) and there is none on GPU; its eager patch extraction is slow too. So
-"auto" hands eager CPU matmuls and convolutions to the torch kernels on the
-same memory (DLPack, no copy), multiplies GPU tensors with float64 GEMMs on
-limbs on the device, and keeps TensorFlow's own int64 matmul inside graphs
-(`tf.function`), where neither trick applies. Every route gives the same bits.
+Everything runs on TensorFlow's own ops. TensorFlow's int64 matmul is a
+plain Eigen loop and there is none on GPU, so "auto" times it against float64
+GEMMs on limbs (`limbs.py`) per shape class on the machine at hand
+(`routes.py`); GPU tensors take limbs. Inside graphs (`tf.function`),
+where nothing can be timed, a route already measured for the shape class
+is reused, else TensorFlow's int64 matmul. `matmul_method="torch"` still
+hands eager CPU matmuls and convolutions to torch over DLPack (no copy), for
+comparison; "auto" never takes it. Every route gives the same bits.
 """
 
 from __future__ import annotations
@@ -59,14 +61,31 @@ class TensorFlowKernels(RingKernels):
         return tf.multiply(a, b)
 
     def _matmul_routes(self) -> dict[str, Any]:
-        return {**super()._matmul_routes(), "torch": self._matmul_torch}
+        torch_route = {"torch": lambda a, b, b_owner=None: self._matmul_torch(a, b)}
+        return {**super()._matmul_routes(), **torch_route}
 
-    def _auto_matmul_method(self, a, b) -> str:
+    def matmul_candidates(self, a, b) -> list[str]:
         if _on_gpu(a) or _on_gpu(b):
-            return "limbs"
-        if _can_delegate(a, b):
-            return "torch"
-        return "native"
+            return ["limbs"]
+        return ["native", "limbs"]
+
+    def _static_matmul_route(self, a, b) -> str:
+        return "limbs" if _on_gpu(a) or _on_gpu(b) else "native"
+
+    def _context_key(self, *tensors) -> tuple:
+        return ("gpu" if any(_on_gpu(t) for t in tensors) else "cpu",)
+
+    def _library_version(self) -> str:
+        return tf.__version__
+
+    def _can_time(self, *tensors) -> bool:
+        return all(_is_eager(t) for t in tensors)
+
+    def _operand_version(self, tensor) -> int | None:
+        # Eager tensors are immutable; variables and graph tensors are never kept.
+        if isinstance(tensor, tf.Variable) or not _is_eager(tensor):
+            return None
+        return 0
 
     def _matmul_native(self, a, b):
         return tf.linalg.matmul(a, b)
@@ -77,19 +96,19 @@ class TensorFlowKernels(RingKernels):
 
     def conv2d(self, x, kernel, strides=(1, 1), padding="VALID"):
         """`RingKernels.conv2d`; on the "torch" route the whole convolution runs in torch."""
-        if self.matmul_route(x, kernel) == "torch":
+        if self.matmul_method == "torch":
             torch_kernels = _delegate_kernels(x, kernel)
             out = torch_kernels.conv2d(_as_torch(x), _as_torch(kernel), strides, padding)
             return _from_torch(out)
         return super().conv2d(x, kernel, strides, padding)
 
-    def _to_float64(self, a):
+    def to_float64(self, a):
         return tf.cast(a, tf.float64)
 
-    def _float_matmul(self, a, b):
+    def float_matmul(self, a, b):
         return tf.linalg.matmul(a, b)
 
-    def _float_to_ring(self, a):
+    def float_to_ring(self, a):
         return tf.cast(a, tf.int64)
 
     def sum(self, a, axis=None, keepdims=False):
