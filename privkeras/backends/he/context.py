@@ -276,6 +276,9 @@ class EncryptedBatch:
         role: `"inputs"` (from a client) or `"outputs"` (from a server).
         spec_id: Fingerprint of the `PackingSpec` that laid them out.
         context_id: Fingerprint of the key pair they are encrypted under.
+        serialized: The ciphertexts in SEAL's format as received (set by
+            `from_bytes`), which an `EvaluationPool` forwards to its workers
+            instead of serializing them again.
     """
 
     ciphertexts: list[Any]
@@ -283,6 +286,7 @@ class EncryptedBatch:
     role: str
     spec_id: str
     context_id: str
+    serialized: list[bytes] | None = dataclasses.field(default=None, repr=False)
 
     def to_bytes(self) -> bytes:
         header = {
@@ -324,7 +328,7 @@ class EncryptedBatch:
         cts = [seal_from_bytes(sealapi.Ciphertext, context_data, blob) for blob in blobs]
         for index, ct in enumerate(cts):
             _check_received_ciphertext(ct, index, meta["role"], parameters, context_data)
-        return cls(cts, meta["n_samples"], meta["role"], meta["spec_id"], meta["context_id"])
+        return cls(cts, meta["n_samples"], meta["role"], meta["spec_id"], meta["context_id"], blobs)
 
 
 def _check_received_ciphertext(
