@@ -124,6 +124,7 @@ class Client:
         self._stubs: dict[str, _Stubs] = {}
         self._streams: dict[str, MessageStream] = {}
         self._no_streams_until: dict[str, float] = {}
+        self._refusals: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -343,6 +344,30 @@ class Client:
             address=address,
         )
 
+    def _certificate_refused(self, peer: str, address: str, error: Any, what: str):
+        """An `AuthenticationError` if `peer` closed the connection over our certificate."""
+        details = (getattr(error, "details", lambda: "")() or "").lower()
+        if not (_not_connected(error) and "socket closed" in details):
+            return None
+        if self.credentials.insecure:
+            return None
+        key = (peer, address)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._refusals.get(key)
+        if cached is None or cached[0] < now:
+            from privkeras.net.credentials import tls_refusal
+
+            cached = (now + 2.0, tls_refusal(address, peer, self.credentials))
+            with self._lock:
+                self._refusals[key] = cached
+        if cached[1] is None:
+            return None
+        return AuthenticationError(
+            f"Peer {peer!r} at {address} refused our certificate ({what}): {cached[1]}. "
+            "Expected a certificate signed by the cluster's CA, for this process's name."
+        )
+
     def _avoid_streams(self, peer: str, seconds: float = 30.0) -> None:
         with self._lock:
             self._no_streams_until[peer] = time.monotonic() + seconds
@@ -367,6 +392,9 @@ class Client:
             try:
                 return attempt(stubs, left)
             except self._grpc.RpcError as error:
+                refused = self._certificate_refused(peer, stubs.address, error, what)
+                if refused is not None:
+                    raise refused from None
                 if retry and _not_connected(error) and deadline - time.monotonic() > delay:
                     time.sleep(delay)
                     delay = min(2 * delay, _RETRY_MAX_S)
@@ -427,6 +455,8 @@ class PendingSend:
             self._finish(None)
         elif isinstance(error, BaseException) and not hasattr(error, "code"):
             self._finish(error)
+        elif refused := self.client._certificate_refused(self.dst, self._address, error, self.what):
+            self._finish(refused)
         elif _not_connected(error) and self._deadline - time.monotonic() > self._delay:
             timer = threading.Timer(self._delay, self._start)
             timer.daemon = True

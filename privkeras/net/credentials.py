@@ -50,7 +50,7 @@ from typing import Any
 
 from privkeras.errors import AuthenticationError, format_received
 
-__all__ = ["TOKEN_ENV", "Credentials", "InsecureTransportWarning", "peer_identities"]
+__all__ = ["TOKEN_ENV", "Credentials", "InsecureTransportWarning", "peer_identities", "tls_refusal"]
 
 logger = logging.getLogger("privkeras.net")
 
@@ -245,6 +245,82 @@ class Credentials:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def tls_refusal(address: str, server_name: str, credentials: Credentials, timeout: float = 2.0):
+    """Why a TLS server closes connections from us, if it is our certificate; else None.
+
+    Under TLS 1.3 a server checks the client's certificate after the client
+    has finished its handshake, so gRPC only sees "Socket closed". This probe
+    repeats the handshake with Python's `ssl` and the same certificate: a
+    gRPC server that accepts it speaks first (HTTP/2 settings); one that
+    refuses it sends an alert or closes the connection at once. The key never
+    touches the disk
+    (it is handed to OpenSSL through an anonymous memory file on Linux).
+    """
+    import socket
+    import ssl
+
+    from privkeras.net.cluster import parse_address
+
+    if credentials.insecure or credentials.ca_cert is None:
+        return None
+    host, port = parse_address(address)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=credentials.ca_cert.decode("ascii", "replace"))
+    context.set_alpn_protocols(["h2"])
+    if credentials.cert_chain is not None and credentials.requires_client_certificate:
+        with (
+            _memory_file(credentials.cert_chain) as cert,
+            _memory_file(credentials.private_key) as key,
+        ):
+            context.load_cert_chain(cert, key)
+    try:
+        with socket.create_connection((host, port), timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=server_name) as tls:
+                tls.settimeout(timeout)
+                try:
+                    first = tls.recv(1)
+                except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                    first = b""
+    except ssl.SSLError as error:
+        reason = str(error.reason or error)
+        if "ALERT" in reason.upper() or "CERTIFICATE" in reason.upper():
+            return reason
+        return None
+    except OSError:
+        return None
+    if first:  # a gRPC server speaks first (HTTP/2 SETTINGS) once it accepts us
+        return None
+    return "it closed the connection right after the TLS handshake, without a word"
+
+
+class _memory_file:
+    """A path to `data` that lives in memory only (memfd on Linux, else a private temp file)."""
+
+    def __init__(self, data: bytes | None):
+        self.data = data or b""
+
+    def __enter__(self) -> str:
+        if hasattr(os, "memfd_create"):
+            self._fd = os.memfd_create("privkeras-pem")
+            os.write(self._fd, self.data)
+            return f"/proc/self/fd/{self._fd}"
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory()
+        path = Path(self._dir.name) / "pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.data)
+        self._fd = None
+        return str(path)
+
+    def __exit__(self, *exc_info) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+        else:
+            self._dir.cleanup()
 
 
 def peer_identities(auth_context: dict) -> set[str]:

@@ -213,6 +213,27 @@ def test_a_peer_with_a_certificate_from_another_ca_is_refused(pair, rogue_certs,
     assert p1.recv("p0", "j", 0).tensors[0].shape == (1,)
 
 
+def test_a_client_certificate_from_another_ca_is_refused_fast(pair, certs, rogue_certs):
+    from privkeras.net.credentials import Credentials, tls_refusal
+
+    _, p1 = pair
+    foreign = Credentials(
+        ca_cert=(certs / "ca.pem").read_bytes(),  # trusts the cluster's servers
+        cert_chain=(rogue_certs / "driver.pem").read_bytes(),  # but is signed by another CA
+        private_key=(rogue_certs / "driver.key").read_bytes(),
+        identity="driver",
+    )
+    intruder = Client("driver", {"p1": p1.address}, credentials=foreign)
+    start = time.monotonic()
+    with pytest.raises(AuthenticationError, match="refused our certificate"):
+        intruder.call("p1", "x", timeout=10)
+    assert time.monotonic() - start < 3.0
+    intruder.close()
+    good = Credentials.mutual_tls(certs / "ca.pem", certs / "driver.pem", certs / "driver.key")
+    assert tls_refusal(p1.address, "p1", good) is None  # the probe does not accuse good peers
+    assert tls_refusal(p1.address, "p1", foreign) is not None
+
+
 def test_a_server_with_another_name_is_refused(pair, creds):
     p0, _p1 = pair
     confused = Client("driver", {"p1": p0.address}, credentials=creds("driver"))  # p0 answers as p1
