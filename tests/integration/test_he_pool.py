@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import privkeras as pk
-from privkeras.backends.he import EncryptedBatch, HEClient, HEServer
+from privkeras.backends.he import EncryptedBatch, HEClient, HEInputError, HEServer
 from privkeras.backends.he.parallel import THREAD_SCALING, EvaluationPool, _WorkerProcess
 from privkeras.backends.he.wire import seal_to_bytes
 from privkeras.errors import PartyError
@@ -110,6 +110,27 @@ def test_a_killed_worker_is_a_party_error_naming_it_and_the_pool_recovers(setup)
             _parallel(pool, setup)
         assert not pool.started  # closed: the next use starts fresh workers
         np.testing.assert_allclose(_parallel(pool, setup), setup[-1], atol=1e-6)
+    finally:
+        pool.close()
+
+
+def test_a_malformed_group_is_an_input_error_and_the_pool_goes_on(setup):
+    model, x, spec, client, public, expected = setup
+    pool = EvaluationPool(workers=2, executor="processes")
+    server = HEServer(model, pool=pool)
+    server.packing(block=64)
+    evaluated = server.evaluate(client.encrypt(x[:64], spec), public).to_bytes()
+    forged = EncryptedBatch.from_bytes(evaluated, public, load=False)
+    forged.role = "inputs"  # an evaluated ciphertext passed off as a fresh one
+
+    def groups():
+        yield from _groups(client, spec, public, x[:128])
+        yield forged
+
+    try:
+        with pytest.raises(HEInputError, match="already evaluated"):
+            list(server.evaluate_many(groups(), public))
+        np.testing.assert_allclose(_parallel(pool, setup), expected, atol=1e-6)
     finally:
         pool.close()
 

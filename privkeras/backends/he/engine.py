@@ -130,7 +130,7 @@ class HEEngine(Engine):
                 t0 = time.perf_counter()
                 if plan.parallel:  # as bytes, the way a remote client sends them
                     data = client.encrypt_to_bytes(x[start : start + chunk], spec)
-                    batch = EncryptedBatch.from_bytes(data, public)
+                    batch = EncryptedBatch.from_bytes(data, public, load=False)  # workers load
                 else:
                     batch = client.encrypt(x[start : start + chunk], spec)
                 timings["encrypt"] += time.perf_counter() - t0

@@ -51,6 +51,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from privkeras.backends.he.errors import HEInputError
 from privkeras.backends.he.wire import (
     FieldError,
     message_kind,
@@ -302,6 +303,8 @@ class _WorkerProcess:
         frame = self._read(length, deadline)
         if message_kind(frame) == "worker-error":
             header, _ = unpack_message(frame, "worker-error", _ERROR)
+            if header["type"] == "HEInputError":  # the group's bytes, not the worker
+                raise HEInputError(header["message"])
             raise PartyError(f"{self.name} failed: {header['type']}: {header['message']}")
         return unpack_message(frame, kind, {})[1]
 
@@ -333,9 +336,7 @@ def _stop_all(workers: list[_WorkerProcess], grace: float = 2.0) -> None:
 
 class _Processes:
     def __init__(self, workers: int, timeout: float):
-        import privkeras
-
-        root = str(Path(privkeras.__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[3])  # the directory holding privkeras/
         self.timeout = timeout
         self.broken = False
         self.workers = [_WorkerProcess(i, root, timeout) for i in range(workers)]

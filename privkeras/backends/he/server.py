@@ -284,11 +284,13 @@ class HEServer:
     ) -> None:
         import tenseal.sealapi as sealapi
 
-        if len(batch.ciphertexts) != program.input_layout.n_ciphertexts:
+        if batch.n_ciphertexts != program.input_layout.n_ciphertexts:
             raise ContextMismatchError(
                 f"Expected {program.input_layout.n_ciphertexts} input ciphertexts. "
-                f"Received: {len(batch.ciphertexts)}"
+                f"Received: {batch.n_ciphertexts}"
             )
+        if not batch.loaded:
+            return  # checked as they load: here on first use, or in the pool's worker
         top = tuple(context.seal_context.first_parms_id())
         for ct in batch.ciphertexts:
             if (

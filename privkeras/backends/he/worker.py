@@ -12,7 +12,8 @@ Requests are answered one at a time, in order:
   run the program, answer `worker-result` with the output ciphertexts.
 
 Anything that fails is answered with `worker-error` (the error's type and
-text), and the worker goes on; it exits when its stdin closes, so it never
+text; `HEInputError` for ciphertexts that do not load as fresh inputs,
+which the pool raises as such), and the worker goes on; it exits when its stdin closes, so it never
 outlives the pool's process.
 
 The worker holds no secret key (it is given none, and `PublicContext`
@@ -34,7 +35,6 @@ from privkeras.backends.he.wire import (
     integer,
     message_kind,
     pack_message,
-    seal_from_bytes,
     seal_to_bytes,
     unpack_message,
 )
@@ -130,7 +130,8 @@ class _Worker:
     def keep_context(self, key: str, data: bytes) -> None:
         from privkeras.backends.he.context import PublicContext
 
-        self.contexts[key] = PublicContext.from_bytes(data).ops()
+        context = PublicContext.from_bytes(data)
+        self.contexts[key] = (context.parameters, context.ops())
         _trim(self.contexts)
 
     def keep_program(self, header: dict[str, Any], data: bytes) -> None:
@@ -143,13 +144,13 @@ class _Worker:
         _trim(self.programs)
 
     def evaluate(self, header: dict[str, Any], blobs: list[bytes]) -> list[bytes]:
-        import tenseal.sealapi as sealapi
+        from privkeras.backends.he.context import load_ciphertexts
 
-        ops = self.contexts[header["context"]]
+        parameters, ops = self.contexts[header["context"]]
         program = self.programs[header["program"]]
         self.contexts.move_to_end(header["context"])
         self.programs.move_to_end(header["program"])
-        inputs = [seal_from_bytes(sealapi.Ciphertext, ops.context, blob) for blob in blobs]
+        inputs = load_ciphertexts(blobs, "inputs", parameters)  # HEInputError if malformed
         return [seal_to_bytes(ct) for ct in program.apply(ops, inputs)]
 
 
