@@ -276,13 +276,15 @@ def tls_refusal(address: str, server_name: str, credentials: Credentials, timeou
         ):
             context.load_cert_chain(cert, key)
     try:
-        with socket.create_connection((host, port), timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=server_name) as tls:
-                tls.settimeout(timeout)
-                try:
-                    first = tls.recv(1)
-                except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                    first = b""
+        with (
+            socket.create_connection((host, port), timeout) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            tls.settimeout(timeout)
+            try:
+                first = tls.recv(1)
+            except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                first = b""
     except ssl.SSLError as error:
         reason = str(error.reason or error)
         if "ALERT" in reason.upper() or "CERTIFICATE" in reason.upper():
