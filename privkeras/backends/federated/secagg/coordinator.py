@@ -82,6 +82,9 @@ class SecAggResult:
         misbehaving: `{owner: reason}` for owners whose messages were refused.
         late: `{owner: count}` of messages ignored because they came after
             their stage closed.
+        complaints: `{owner: neighbours}`: the neighbours whose encrypted shares
+            this owner could not decrypt or that did not match their commitments
+            (the dealer or the channel misbehaved; the shares were not needed).
         params: The round's parameters.
     """
 
@@ -91,6 +94,7 @@ class SecAggResult:
     dropped: Mapping[str, tuple[str, ...]]
     misbehaving: Mapping[str, str]
     late: Mapping[str, int]
+    complaints: Mapping[str, tuple[str, ...]]
     params: RoundParameters
 
 
@@ -361,7 +365,13 @@ class SecAggCoordinator:
         outgoing = {}
         for u in sorted(u2):
             entries = tuple(
-                ForwardedShare(v, self._dealt[v][u].ciphertext) for v in sorted(self._graph[u] & u2)
+                ForwardedShare(
+                    v,
+                    self._dealt[v][u].ciphertext,
+                    self._dealt[v][u].seed_share_commitment,
+                    self._dealt[v][u].key_share_commitment,
+                )
+                for v in sorted(self._graph[u] & u2)
             )
             outgoing[self.names[u]] = ForwardedShares(self.round_id, u, entries)
         self._advance("masked_input", u2)
@@ -435,6 +445,11 @@ class SecAggCoordinator:
             dropped=dict(self.dropped),
             misbehaving=dict(self.misbehaving),
             late=dict(self.late),
+            complaints={
+                self.names[r]: tuple(self.names[v] for v in response.complaints)
+                for r, response in sorted(responses.items())
+                if response.complaints
+            },
             params=self.params,
         )
 

@@ -8,7 +8,7 @@ type, round id, index):
 |---|---|---|
 | advertise_keys | H + 3*32 + 64 (keys, seed commitment, signature) | H + 1 + name + 130 (setup) |
 | share_keys | H + 4 + k (4 + 82 + 2*32) (ciphertexts, commitments) | H + 4 + sum over neighbours (4 + 1 + name + 160) |
-| masked_input | H + 5 + d b/8 (the masked vector) | H + 4 + k (4 + 82) (forwarded shares) |
+| masked_input | H + 5 + d b/8 (the masked vector) | H + 4 + k (4 + 82 + 2*32) (forwarded shares) |
 | unmasking | H + 12 + k (4 + 33) (revealed shares) | H + 8 + 4 k (survivor lists) |
 
 Everything but the masked vector grows with k = O(log n), none of it with n;
@@ -73,7 +73,7 @@ def owner_cost(
         },
         "masked_input": {
             "up": h + 1 + 4 + width * vector_length,
-            "down": h + 4 + k * (4 + CIPHERTEXT_BYTES),
+            "down": h + 4 + k * (4 + CIPHERTEXT_BYTES + 2 * COMMITMENT_BYTES),
         },
         "unmasking": {
             "up": h + 12 + k * (4 + ELEMENT_BYTES),

@@ -117,24 +117,30 @@ def bernoulli_exp_neg(num: np.ndarray, den: np.ndarray, stream: SecureStream) ->
     return out
 
 
+def _uniform_below(bound: int, stream: SecureStream) -> int:
+    """A uniform Python integer in [0, bound), by rejection."""
+    bits = max(1, (bound - 1).bit_length())
+    while True:
+        draw = int.from_bytes(stream.random_bytes((bits + 7) // 8), "little") & ((1 << bits) - 1)
+        if draw < bound:
+            return draw
+
+
+def _bernoulli_exp_neg_unit_big(num: int, den: int, stream: SecureStream) -> bool:
+    """`_bernoulli_exp_neg_unit` for one pair of Python integers (num <= den)."""
+    k = 1
+    while _uniform_below(den * k, stream) < num:
+        k += 1
+    return k % 2 == 1
+
+
 def _bernoulli_exp_neg_big(num: int, den: int, stream: SecureStream) -> bool:
     """Bernoulli(exp(-num/den)) with Python integers (for the rare huge exponents)."""
     whole, part = divmod(num, den)
     for _ in range(whole):
-        if not _bernoulli_exp_neg_unit(np.ones(1, np.int64), np.ones(1, np.int64), stream)[0]:
+        if not _bernoulli_exp_neg_unit_big(1, 1, stream):
             return False
-    # part / den in [0, 1): K-loop with Python-integer comparisons.
-    k = 1
-    while True:
-        bits = max(1, (den * k - 1).bit_length())
-        while True:
-            draw = int.from_bytes(stream.random_bytes((bits + 7) // 8), "little")
-            draw &= (1 << bits) - 1
-            if draw < den * k:
-                break
-        if draw >= part:
-            return k % 2 == 1
-        k += 1
+    return _bernoulli_exp_neg_unit_big(part, den, stream)
 
 
 def discrete_laplace(scale: int, size: int, stream: SecureStream) -> np.ndarray:

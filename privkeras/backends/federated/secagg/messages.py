@@ -281,10 +281,13 @@ class ShareKeys(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class ForwardedShare:
-    """One neighbour's encrypted shares for the recipient."""
+    """One neighbour's encrypted shares for the recipient, with the sender's commitments
+    (so the recipient can tell a bad share from its dealer before it reveals anything)."""
 
     sender: int
     ciphertext: bytes
+    seed_share_commitment: bytes
+    key_share_commitment: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +309,7 @@ class ForwardedShares(_Message):
         writer.u32(len(self.shares))
         for entry in self.shares:
             writer.u32(entry.sender).raw(entry.ciphertext)
+            writer.raw(entry.seed_share_commitment).raw(entry.key_share_commitment)
 
     @classmethod
     def _read_body(cls, reader, round_id, index):
@@ -318,7 +322,14 @@ class ForwardedShares(_Message):
                     "distinct senders in increasing order, not the recipient", f"{sender}"
                 )
             last = sender
-            entries.append(ForwardedShare(sender, reader.raw(CIPHERTEXT_BYTES)))
+            entries.append(
+                ForwardedShare(
+                    sender,
+                    reader.raw(CIPHERTEXT_BYTES),
+                    reader.raw(COMMITMENT_BYTES),
+                    reader.raw(COMMITMENT_BYTES),
+                )
+            )
         return cls(round_id, index, tuple(entries))
 
 

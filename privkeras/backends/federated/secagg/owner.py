@@ -299,7 +299,7 @@ class SecAggOwner:
                 f"Expected at least {params.threshold} forwarded shares from neighbours "
                 f"{sorted(self._neighbours)}. Received: shares from {senders}"
             )
-        self._forwarded = {entry.sender: entry.ciphertext for entry in message.shares}
+        self._forwarded = {entry.sender: entry for entry in message.shares}
         ring = self._encode(update)
         ring += crypto.expand_mask(self._seed, params.vector_length, params.config.ring_bits)
         for v in senders:
@@ -365,10 +365,12 @@ class SecAggOwner:
         )
 
     def _decrypt(self, sender: int) -> tuple[int, int] | None:
-        """The (seed share, key share) `sender` encrypted to this owner, or None."""
+        """The (seed share, key share) `sender` dealt this owner, or None when they do
+        not decrypt or do not match the dealer's commitments."""
+        entry = self._forwarded[sender]
         plaintext = crypto.decrypt(
             self._inbound[sender],
-            self._forwarded[sender],
+            entry.ciphertext,
             channel_associated_data(self._round_id, sender, self._index),
         )
         if plaintext is None:
@@ -377,4 +379,10 @@ class SecAggOwner:
         key_share = int.from_bytes(plaintext[ELEMENT_BYTES:], "little")
         if seed_share >= PRIME or key_share >= PRIME:
             return None
-        return seed_share, key_share
+        seed_ok = entry.seed_share_commitment == share_commitment(
+            b"seed-share", self._round_id, sender, self._index, seed_share
+        )
+        key_ok = entry.key_share_commitment == share_commitment(
+            b"key-share", self._round_id, sender, self._index, key_share
+        )
+        return (seed_share, key_share) if seed_ok and key_ok else None

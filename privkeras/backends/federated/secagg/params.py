@@ -213,7 +213,7 @@ class SecAggConfig:
             return gamma, None
         c, z = self.clip_norm, self.noise_multiplier
         tail = math.sqrt(2.0 * math.log(2.0 * d / self.wrap_probability))
-        room = half - n - tail * math.sqrt(n)
+        room = (half - n - tail * math.sqrt(n)) * (1 - 1e-9)  # slack for float rounding
         if room <= 0:
             raise _fail("ring_bits", self.ring_bits, f"large enough for {n} owners' noise")
         gamma = c * (n + tail * z * math.sqrt(n / survivors)) / room
