@@ -299,6 +299,10 @@ class RingKernels(abc.ABC):
     def _matmul_limbs(self, a, b, chunk: int = KARATSUBA_MAX_DEPTH, b_owner=None):
         left = self.limb_operand(a, "left", chunk)
         right = self.limb_operand(b, "right", chunk, owner=b_owner)
+        return self._limb_product(left, right, chunk)
+
+    def _limb_product(self, left, right, chunk: int):
+        """`limbs.limb_matmul` of two split operands (libraries may run it as one graph)."""
         return limb_matmul(self, left, right, chunk)
 
     def _matmul_routes(self) -> dict[str, Any]:
