@@ -7,8 +7,8 @@ type, round id, index):
 | stage | up | down |
 |---|---|---|
 | advertise_keys | H + 3*32 + 64 (keys, seed commitment, signature) | H + 1 + name + 130 (setup) |
-| share_keys | H + 4 + k (4 + 82 + 2*32) (ciphertexts, commitments) | H + 4 + sum over neighbours (4 + 1 + name + 160) |
-| masked_input | H + 5 + d b/8 (the masked vector) | H + 4 + k (4 + 82 + 2*32) (forwarded shares) |
+| share_keys | H + 4 + k (4 + 82 + 2*16) (ciphertexts, commitments) | H + 4 + sum over neighbours (4 + 1 + name + 160) |
+| masked_input | H + 5 + d b/8 (the masked vector) | H + 4 + k (4 + 82 + 2*16) (forwarded shares) |
 | unmasking | H + 12 + k (4 + 33) (revealed shares) | H + 8 + 4 k (survivor lists) |
 
 Everything but the masked vector grows with k = O(log n), none of it with n;
@@ -25,6 +25,7 @@ from privkeras.backends.federated.secagg.messages import (
     COMMITMENT_BYTES,
     MAGIC,
     ROUND_ID_BYTES,
+    SHARE_COMMITMENT_BYTES,
     STAGES,
 )
 from privkeras.backends.federated.secagg.params import SecAggConfig
@@ -68,12 +69,12 @@ def owner_cost(
             "down": h + 1 + name_bytes + PARAMETER_BYTES,
         },
         "share_keys": {
-            "up": h + 4 + k * (4 + CIPHERTEXT_BYTES + 2 * COMMITMENT_BYTES),
+            "up": h + 4 + k * (4 + CIPHERTEXT_BYTES + 2 * SHARE_COMMITMENT_BYTES),
             "down": h + 4 + k * (4 + 1 + name_bytes + _SIGNED_KEYS),
         },
         "masked_input": {
             "up": h + 1 + 4 + width * vector_length,
-            "down": h + 4 + k * (4 + CIPHERTEXT_BYTES + 2 * COMMITMENT_BYTES),
+            "down": h + 4 + k * (4 + CIPHERTEXT_BYTES + 2 * SHARE_COMMITMENT_BYTES),
         },
         "unmasking": {
             "up": h + 12 + k * (4 + ELEMENT_BYTES),

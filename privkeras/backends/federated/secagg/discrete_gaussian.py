@@ -51,11 +51,13 @@ def uniform_integers(bounds: np.ndarray | int, size: int, stream: SecureStream) 
     """Uniform integers in [0, bound) for int64 bounds in [1, 2^62], by rejection.
 
     Args:
-        bounds: One bound, or one per output.
+        bounds: One bound (the fast path), or one per output.
         size: Number of outputs.
         stream: Source of randomness.
     """
-    bounds = np.broadcast_to(np.asarray(bounds, dtype=np.int64), (size,))
+    if np.ndim(bounds) == 0:
+        return _uniform_below_scalar(int(bounds), size, stream)
+    bounds = np.asarray(bounds, dtype=np.int64)
     if size and (bounds.min() < 1 or bounds.max() > (1 << 62)):
         raise ValueError(f"Expected bounds in [1, 2^62]. Received: min={bounds.min()}")
     # frexp's exponent of float(bound - 1) is >= its bit length, so 2^bits >= bound.
@@ -63,57 +65,80 @@ def uniform_integers(bounds: np.ndarray | int, size: int, stream: SecureStream) 
     out = np.empty(size, dtype=np.int64)
     todo = np.arange(size)
     while todo.size:
-        raw = np.frombuffer(stream.random_bytes(8 * todo.size), dtype="<u8").astype(np.uint64)
-        values = (raw >> (np.uint64(64) - bits[todo])).astype(np.int64)
+        values = (_words(todo.size, stream) >> (np.uint64(64) - bits[todo])).astype(np.int64)
         ok = values < bounds[todo]
         out[todo[ok]] = values[ok]
         todo = todo[~ok]
     return out
 
 
-def _bernoulli_ratio(num: np.ndarray, den: np.ndarray, stream: SecureStream) -> np.ndarray:
-    """Bernoulli(num / den) for int64 0 <= num <= den, den >= 1."""
-    return uniform_integers(den, len(num), stream) < num
+def _words(count: int, stream: SecureStream) -> np.ndarray:
+    return np.frombuffer(stream.random_bytes(8 * count), dtype="<u8").astype(np.uint64)
 
 
-def _bernoulli_exp_neg_unit(num: np.ndarray, den: np.ndarray, stream: SecureStream) -> np.ndarray:
+def _uniform_below_scalar(bound: int, size: int, stream: SecureStream) -> np.ndarray:
+    if not 1 <= bound <= 1 << 62:
+        raise ValueError(f"Expected a bound in [1, 2^62]. Received: bound={bound}")
+    shift = np.uint64(64 - max(1, (bound - 1).bit_length()))
+    rate = bound / float(1 << (64 - int(shift)))  # acceptance probability, >= 1/2
+    parts, have = [], 0
+    while have < size:
+        draw = (_words(int((size - have) / rate * 1.05) + 8, stream) >> shift).astype(np.int64)
+        draw = draw[draw < bound]
+        parts.append(draw)
+        have += draw.size
+    return np.concatenate(parts)[:size] if parts else np.empty(0, dtype=np.int64)
+
+
+def _pick(values, index):
+    """values[index] for arrays, values itself for scalars."""
+    return values if np.ndim(values) == 0 else values[index]
+
+
+def _bernoulli_ratio(num, den, size: int, stream: SecureStream) -> np.ndarray:
+    """Bernoulli(num / den) for int64 0 <= num <= den, den >= 1 (scalars or arrays)."""
+    return uniform_integers(den, size, stream) < num
+
+
+def _bernoulli_exp_neg_unit(num, den, size: int, stream: SecureStream) -> np.ndarray:
     """Bernoulli(exp(-num/den)) for num/den in [0, 1] (CKS Algorithm 1, first case).
 
     K counts successes of Bernoulli(gamma / K), K = 1, 2, ...; the output is 1
     when the first failure comes at an odd K. Bernoulli(gamma / K) is the product
     of independent Bernoulli(gamma) and Bernoulli(1 / K).
     """
-    size = len(num)
     k = np.ones(size, dtype=np.int64)
     active = np.arange(size)
+    step = 1
     while active.size:
-        success = _bernoulli_ratio(num[active], den[active], stream)
-        success &= uniform_integers(k[active], active.size, stream) == 0
+        success = _bernoulli_ratio(_pick(num, active), _pick(den, active), active.size, stream)
+        if step > 1:  # K is the same for every active draw: one scalar bound
+            success &= uniform_integers(step, active.size, stream) == 0
         k[active[success]] += 1
         active = active[success]
+        step += 1
     return (k % 2) == 1
 
 
-def bernoulli_exp_neg(num: np.ndarray, den: np.ndarray, stream: SecureStream) -> np.ndarray:
+def bernoulli_exp_neg(num, den, stream: SecureStream) -> np.ndarray:
     """Exact Bernoulli(exp(-num/den)) for int64 num >= 0, den >= 1 (CKS Algorithm 1).
 
     For gamma = num/den > 1: floor(gamma) Bernoulli(exp(-1)) trials must all
     succeed, then one Bernoulli(exp(-(gamma - floor(gamma)))).
     """
     num = np.asarray(num, dtype=np.int64)
-    den = np.broadcast_to(np.asarray(den, dtype=np.int64), num.shape)
+    den = np.asarray(den, dtype=np.int64)
     whole, part = np.divmod(num, den)
     alive = np.ones(num.shape, dtype=bool)
     step = 0
     pending = np.flatnonzero(whole > step)
-    ones = np.ones(num.shape, dtype=np.int64)
     while pending.size:
-        alive[pending] &= _bernoulli_exp_neg_unit(ones[pending], ones[pending], stream)
+        alive[pending] &= _bernoulli_exp_neg_unit(1, 1, pending.size, stream)
         step += 1
         pending = np.flatnonzero((whole > step) & alive)
     out = np.zeros(num.shape, dtype=bool)
     rest = np.flatnonzero(alive)
-    out[rest] = _bernoulli_exp_neg_unit(part[rest], den[rest], stream)
+    out[rest] = _bernoulli_exp_neg_unit(part[rest], _pick(den, rest), rest.size, stream)
     return out
 
 
@@ -151,13 +176,11 @@ def discrete_laplace(scale: int, size: int, stream: SecureStream) -> np.ndarray:
     while filled < size:
         batch = max(16, int(1.6 * (size - filled)))
         u = uniform_integers(t, batch, stream)
-        keep = bernoulli_exp_neg(u, np.full(batch, t), stream)
-        u = u[keep]
+        u = u[bernoulli_exp_neg(u, t, stream)]
         v = np.zeros(u.size, dtype=np.int64)
         counting = np.arange(u.size)
-        ones = np.ones(u.size, dtype=np.int64)
         while counting.size:  # V ~ Geometric(1 - e^-1): count Bernoulli(exp(-1)) successes
-            more = _bernoulli_exp_neg_unit(ones[counting], ones[counting], stream)
+            more = _bernoulli_exp_neg_unit(1, 1, counting.size, stream)
             v[counting[more]] += 1
             counting = counting[more]
         magnitude = u + t * v
@@ -222,7 +245,7 @@ class DiscreteGaussian:
             small = np.abs(gap) < _SQUARE_SAFE
             accept = np.zeros(batch, dtype=bool)
             idx = np.flatnonzero(small)
-            accept[idx] = bernoulli_exp_neg(gap[idx] * gap[idx], np.full(idx.size, den), stream)
+            accept[idx] = bernoulli_exp_neg(gap[idx] * gap[idx], den, stream)
             for i in np.flatnonzero(~small):  # |Y| > 2^31: probability about exp(-2^31 / t)
                 accept[i] = _bernoulli_exp_neg_big(int(gap[i]) ** 2, den, stream)
             values = y[accept]

@@ -64,6 +64,11 @@ STAGES = ("advertise_keys", "share_keys", "masked_input", "unmasking")
 SHARE_PLAINTEXT_BYTES = 2 * ELEMENT_BYTES
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + TAG_BYTES
 COMMITMENT_BYTES = 32
+#: Commitments to single Shamir shares are truncated to 128 bits: they only need
+#: second-preimage resistance (a holder must not forge a share an honest dealer
+#: committed to); a dealer that breaks its own commitments only fails the round,
+#: because reconstructed secrets are checked against the 256-bit commitments.
+SHARE_COMMITMENT_BYTES = 16
 #: Indices are u32 on the wire; a round has at most this many owners.
 MAX_OWNERS = MAX_COUNT
 
@@ -230,8 +235,8 @@ class EncryptedShares:
     Attributes:
         recipient: The neighbour.
         ciphertext: AES-256-GCM of (seed share || mask-key share), 82 bytes.
-        seed_share_commitment: SHA-256 commitment to the seed share.
-        key_share_commitment: SHA-256 commitment to the mask-key share.
+        seed_share_commitment: Commitment to the seed share (SHA-256, 16 bytes).
+        key_share_commitment: Commitment to the mask-key share (SHA-256, 16 bytes).
     """
 
     recipient: int
@@ -272,8 +277,8 @@ class ShareKeys(_Message):
                 EncryptedShares(
                     recipient,
                     reader.raw(CIPHERTEXT_BYTES),
-                    reader.raw(COMMITMENT_BYTES),
-                    reader.raw(COMMITMENT_BYTES),
+                    reader.raw(SHARE_COMMITMENT_BYTES),
+                    reader.raw(SHARE_COMMITMENT_BYTES),
                 )
             )
         return cls(round_id, index, tuple(entries))
@@ -326,8 +331,8 @@ class ForwardedShares(_Message):
                 ForwardedShare(
                     sender,
                     reader.raw(CIPHERTEXT_BYTES),
-                    reader.raw(COMMITMENT_BYTES),
-                    reader.raw(COMMITMENT_BYTES),
+                    reader.raw(SHARE_COMMITMENT_BYTES),
+                    reader.raw(SHARE_COMMITMENT_BYTES),
                 )
             )
         return cls(round_id, index, tuple(entries))

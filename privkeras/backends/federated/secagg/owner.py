@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from privkeras.backends.federated.secagg import crypto
 from privkeras.backends.federated.secagg.errors import SecAggMessageError
 from privkeras.backends.federated.secagg.messages import (
+    SHARE_COMMITMENT_BYTES,
     AdvertiseKeys,
     EncryptedShares,
     ForwardedShares,
@@ -109,13 +110,14 @@ def seed_commitment(round_id: bytes, owner: int, seed: bytes) -> bytes:
 
 
 def share_commitment(kind: bytes, round_id: bytes, dealer: int, holder: int, share: int) -> bytes:
+    """A 128-bit commitment to one share (see `messages.SHARE_COMMITMENT_BYTES`)."""
     return crypto.commitment(
         kind,
         round_id,
         dealer.to_bytes(4, "little"),
         holder.to_bytes(4, "little"),
         share.to_bytes(ELEMENT_BYTES, "little"),
-    )
+    )[:SHARE_COMMITMENT_BYTES]
 
 
 def channel_associated_data(round_id: bytes, sender: int, recipient: int) -> bytes:
