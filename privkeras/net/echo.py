@@ -10,6 +10,8 @@ Hidden from `privkeras --help`. It serves these methods:
   message from `meta["peer"]` and sends it back (a ping-pong partner).
 - `ping`: the other side: sends `meta["bytes"]` of int64 zeros to
   `meta["peer"]` and waits for them back, per round; returns the round times.
+- `sink`: receives rounds 0..`meta["rounds"]`-1 of `meta["job"]` from
+  `meta["peer"]` and answers with the bytes received (one-way throughput).
 
 Example:
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register_methods(node) -> None:
-    """Registers echo, fail, sleep, mirror and ping on `node`."""
+    """Registers echo, fail, sleep, mirror, ping and sink on `node`."""
     import numpy as np
 
     from privkeras import errors
@@ -76,11 +78,21 @@ def register_methods(node) -> None:
         node.close_job(job)
         return Reply([np.asarray(seconds)], {"rounds": len(seconds)})
 
-    for name, handler in [
-        ("echo", echo),
-        ("fail", fail),
-        ("sleep", sleep),
-        ("mirror", mirror),
-        ("ping", ping),
-    ]:
+    def sink(request):
+        peer, job, timeout = request.meta["peer"], request.meta["job"], request.meta.get("timeout")
+        received = 0
+        for round_ in range(int(request.meta["rounds"])):
+            received += node.recv(peer, job, round_, timeout=timeout, step="sink").nbytes
+        node.close_job(job)
+        return Reply(meta={"bytes": received})
+
+    methods = {
+        "echo": echo,
+        "fail": fail,
+        "sleep": sleep,
+        "mirror": mirror,
+        "ping": ping,
+        "sink": sink,
+    }
+    for name, handler in methods.items():
         node.register(name, handler)

@@ -54,10 +54,10 @@ from privkeras.net import wire
 from privkeras.net.certs import check_peer_name
 from privkeras.net.client import (
     _ACK,
-    _SEQ,
     ERROR_TYPE_KEY,
     FETCH_KEY,
     SERVICE,
+    WINDOW_BYTES,
     Client,
     Reply,
     _tensor_list,
@@ -204,6 +204,7 @@ class Node(Client):
             ),
             options=[
                 ("grpc.so_reuseport", 0),
+                ("grpc.http2.lookahead_bytes", WINDOW_BYTES),
                 ("grpc.max_send_message_length", size),
                 ("grpc.max_receive_message_length", size),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -439,7 +440,7 @@ class Node(Client):
         return b""
 
     def _messages(self, requests: Iterable[bytes], context: Any):
-        """The long-lived message stream: `seq | chunk` in, `seq status | error` acks out."""
+        """The long-lived message stream: chunks of message after message in, one ack per message out."""
         self._require_token(context)
         if not self._stream_slots.acquire(blocking=False):
             self._refuse(
@@ -449,20 +450,55 @@ class Node(Client):
                     f"Node {self.name!r} serves {self.max_message_streams} message streams."
                 ),
             )
+        assembler, index, skip, refusal = None, 0, 0, None
         try:
-            for request in requests:
-                view = memoryview(request)
-                if view.nbytes < _SEQ.size:
-                    self._refuse(context, "INVALID_ARGUMENT", WireError("Expected seq:u64 first."))
-                (seq,) = _SEQ.unpack_from(view)
-                refusal = self._accept_message([view[_SEQ.size :]], context)
-                if refusal is None:
-                    yield _ACK.pack(seq, 0)
-                else:
-                    text = f"{_error_type_name(refusal[1])}\n{str(refusal[1])[:2000]}"
-                    yield _ACK.pack(seq, 1) + text.encode("utf-8")
+            for chunk in requests:
+                if skip:  # the rest of a message refused on its first chunk
+                    skip -= 1
+                    if not skip:
+                        yield _ack(index, refusal)
+                        index += 1
+                    continue
+                if assembler is None:
+                    assembler = wire.ChunkAssembler(
+                        self.limits, reserve=lambda n: self.budget.acquire(n, "a message")
+                    )
+                try:
+                    assembler.add(chunk)
+                except MessageRefused as error:  # over budget: skip it, stay in step
+                    count = wire.chunk_count(chunk)
+                    assembler, refusal = None, self._logged(context, "RESOURCE_EXHAUSTED", error)
+                    skip = count - 1
+                    if not skip:
+                        yield _ack(index, refusal)
+                        index += 1
+                    continue
+                except WireError as error:  # message boundaries are lost: end the stream
+                    self.budget.release(assembler.total)
+                    assembler = None
+                    self._refuse(
+                        context,
+                        "INVALID_ARGUMENT",
+                        WireError(f"Refused a malformed message: {error}"),
+                    )
+                if assembler.complete:
+                    done, assembler = assembler, None
+                    yield _ack(index, self._file_assembled(done, context))
+                    index += 1
         finally:
+            if assembler is not None:
+                self.budget.release(assembler.total)
             self._stream_slots.release()
+
+    def _file_assembled(self, assembler: wire.ChunkAssembler, context: Any):
+        try:
+            frame = assembler.frame()
+        except WireError as error:
+            self.budget.release(assembler.total)
+            return self._logged(
+                context, "INVALID_ARGUMENT", WireError(f"Refused a malformed message: {error}")
+            )
+        return self._file(frame, assembler.total, context)
 
     def _accept_message(self, chunks: Iterable[bytes], context: Any):
         """Decodes one message or abort frame and files it; returns a refusal (code, error) or None."""
@@ -471,6 +507,10 @@ class Node(Client):
         except (WireError, MessageRefused) as error:
             code = "RESOURCE_EXHAUSTED" if isinstance(error, MessageRefused) else "INVALID_ARGUMENT"
             return self._logged(context, code, error)
+        return self._file(frame, nbytes, context)
+
+    def _file(self, frame: Frame, nbytes: int, context: Any):
+        """Puts a decoded message in the mailbox (or applies an abort); returns a refusal or None."""
         refusal = self._sender_refusal(context, frame, (wire.MESSAGE, wire.ABORT))
         if refusal is None:
             try:
@@ -678,6 +718,14 @@ class Node(Client):
             logger.warning("node %r refused a call from %s: %s", self.name, context.peer(), error)
         context.set_trailing_metadata(((ERROR_TYPE_KEY, _error_type_name(error)),))
         context.abort(getattr(self._grpc.StatusCode, code), str(error)[:4000])
+
+
+def _ack(index: int, refusal) -> bytes:
+    """The ack of message `index` on a stream: accepted, or refused with the error's type and text."""
+    if refusal is None:
+        return _ACK.pack(index, 0)
+    error = refusal[1]
+    return _ACK.pack(index, 1) + f"{_error_type_name(error)}\n{str(error)[:2000]}".encode()
 
 
 def _error_type_name(error: BaseException) -> str:

@@ -119,14 +119,16 @@ class WireLimits:
     """Sizes a node accepts from its peers (and uses when it sends).
 
     Args:
-        chunk_bytes: Bytes of frame per chunk (one gRPC message each).
+        chunk_bytes: Bytes of frame per chunk (one gRPC message each). 4 MiB,
+            so that a 1 MiB tensor and its header travel as one chunk. Every node
+            of a cluster must accept the chunks its peers send: keep one value.
         max_frame_bytes: Largest frame, header and tensors together.
         max_meta_bytes: Largest JSON metadata dict, encoded.
         max_tensors: Most tensors in one frame.
         max_ndim: Most dimensions of one tensor.
     """
 
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = 4 << 20
     max_frame_bytes: int = 512 << 20
     max_meta_bytes: int = 64 << 10
     max_tensors: int = 4096
@@ -463,6 +465,14 @@ class ChunkAssembler:
             self._reserve(total)
         self._buffer = bytearray(total)
         self._count = count
+
+
+def chunk_count(chunk: bytes) -> int:
+    """How many chunks the frame that `chunk` belongs to has (1 if the header is unreadable)."""
+    view = memoryview(chunk)
+    if view.nbytes < CHUNK_HEADER_BYTES:
+        return 1
+    return max(1, _CHUNK_HEADER.unpack_from(view)[2])
 
 
 def decode_chunks(chunks: Iterable[bytes], limits: WireLimits = DEFAULT_LIMITS) -> Frame:

@@ -244,8 +244,22 @@ def test_fuzzed_frames_over_a_live_socket_never_crash_a_child(cluster):
                 stubs.deliver_stream(iter(stream_of_garbage), timeout=5)
             except grpc.RpcError as error:
                 codes[error.code().name] = codes.get(error.code().name, 0) + 1
-        acks = list(stubs.messages(iter([b"\x00" * 8 + rng.randbytes(40), b"\x01" * 8]), timeout=5))
-        assert [ack[8] for ack in acks] == [1, 1]  # both refused, stream still answering
+        good = wire.encode(wire.Frame(wire.MESSAGE, "fz2", 0, "driver", "p0", "", {}, [np.ones(2)]))
+        dup = wire.encode(wire.Frame(wire.MESSAGE, "fz2", 0, "driver", "p0", "", {}, [np.ones(2)]))
+        acks = []
+        with pytest.raises(grpc.RpcError) as ended:
+            for ack in stubs.messages(
+                iter([good[0], dup[0], rng.randbytes(40), good[0]]), timeout=5
+            ):
+                acks.append(ack)
+        assert [(ack[:8], ack[8]) for ack in acks] == [
+            (bytes(8), 0),
+            ((1).to_bytes(8, "little"), 1),
+        ]
+        assert b"duplicated or replayed" in acks[1]
+        assert (
+            ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        )  # boundaries lost: stream ends
         assert codes.get("INVALID_ARGUMENT", 0) > 100
         assert "UNKNOWN" not in codes and "INTERNAL" not in codes
         assert cluster.children["p0"].alive()

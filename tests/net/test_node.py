@@ -82,6 +82,19 @@ def test_a_large_message_goes_in_chunks(certs, creds, start):
         np.testing.assert_array_equal(p0.call("p1", "echo", [big]).tensors[0], big)
 
 
+def test_a_message_over_the_receivers_budget_is_refused_and_the_stream_stays_in_step(creds, start):
+    limits = WireLimits(chunk_bytes=64 << 10)
+    with start(
+        Node("p0", credentials=creds("p0"), limits=limits),
+        Node("p1", credentials=creds("p1"), limits=limits, max_buffered_bytes=200_000),
+    ) as (p0, p1):
+        with pytest.raises(PartyError, match="buffer budget of 200000 bytes"):
+            p0.send("p1", "j", 0, [np.zeros(40_000)])  # 320 kB in 5 chunks
+        p0.send("p1", "j", 1, [np.arange(3)])  # the next message on the same stream
+        assert p1.recv("p0", "j", 1).tensors[0].tolist() == [0, 1, 2]
+        assert p1.budget.used == 0
+
+
 def test_jobs_run_concurrently_and_apart(pair):
     p0, p1 = pair
 
