@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from privkeras.core.kernels.base import RingKernels, as_ring_numpy
+from privkeras.core.kernels.base import RingKernels, as_ring_numpy, matmul_shape
+from privkeras.core.kernels.bytes import byte_matmul, prepare_byte_operand
 from privkeras.core.kernels.limbs import LimbOperand, check_exact_depth, depth_chunks
 
 __all__ = ["TorchKernels"]
@@ -63,8 +64,10 @@ class TorchKernels(RingKernels):
     Args:
         device: Where `from_numpy` puts new tensors (`"cpu"` by default).
             Operations keep their operands' device.
-        matmul_method: "auto" (native int64 on CPU, limbs on CUDA), "native"
-            or "limbs".
+        matmul_method: "auto" (the fastest of the routes below, timed per
+            shape class on this machine), "native" (int64 matmul, CPU only),
+            "limbs" (float64 GEMMs, `limbs.py`) or "bytes" (int8 GEMMs,
+            `bytes.py`, the tensor-core route; right operands of two axes).
     """
 
     name = "torch"
@@ -102,9 +105,41 @@ class TorchKernels(RingKernels):
         return torch.mul(a, b)
 
     def matmul_candidates(self, a, b) -> list[str]:
+        extra = ["bytes"] if b.dim() == 2 and hasattr(torch, "_int_mm") else []
         if a.device.type != "cpu" or b.device.type != "cpu":
-            return ["limbs"]  # torch has no int64 matmul on CUDA
-        return ["native", "limbs"]
+            return ["limbs", *extra]  # torch has no int64 matmul on CUDA
+        return ["native", "limbs", *extra]
+
+    def _matmul_routes(self) -> dict[str, Any]:
+        byte_route = {"bytes": lambda a, b, b_owner=None: self.matmul_bytes(a, b, b_owner)}
+        return {**super()._matmul_routes(), **byte_route}
+
+    def matmul_bytes(self, a, b, b_owner=None):
+        """`a @ b` mod 2^64 from int8 GEMMs on bytes (see `bytes.py`): the tensor-core route.
+
+        Runs on CPU too (`torch._int_mm`), so that tests check its arithmetic
+        where no GPU is. Splits of reused operands are kept, as for limbs.
+        """
+        out_shape = matmul_shape(a.shape, b.shape)
+        if b.dim() > 2:  # broadcast batches of right operands: one product per batch entry
+            a, b = (
+                torch.broadcast_to(a, (*out_shape[:-2], *a.shape[-2:])),
+                torch.broadcast_to(b, (*out_shape[:-2], *b.shape[-2:])),
+            )
+            parts = [
+                self.matmul_bytes(x, y)
+                for x, y in zip(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+            ]
+            return torch.stack(parts).reshape(out_shape)
+        flat = a.reshape(-1, a.shape[-1])
+        left = self._kept(
+            a, ("bytes", "left", tuple(a.shape)), lambda: prepare_byte_operand(flat, "left")
+        )
+        owner = b if b_owner is None else b_owner
+        right = self._kept(
+            owner, ("bytes", "right", tuple(b.shape)), lambda: prepare_byte_operand(b, "right")
+        )
+        return byte_matmul(left, right).reshape(out_shape)
 
     def _static_matmul_route(self, a, b) -> str:
         return "native" if a.device.type == "cpu" else "limbs"
