@@ -183,3 +183,13 @@ def test_tensorflow_graph_tensors_reuse_the_eager_decision():
 
     np.testing.assert_array_equal(product(ta, tb).numpy(), np.matmul(a, b))
     assert seen[0] == eager and seen[0].source == "cached"
+
+
+@pytest.mark.parametrize("name", KERNEL_LIBRARIES)
+def test_empty_products_take_no_route(name):
+    methods = ["auto", "native", "limbs"] + (["bytes"] if name == "torch" else [])
+    for method in methods:
+        k = get_kernels(name, matmul_method=method)
+        for a_shape, b_shape in (((2, 0), (0, 3)), ((0, 4), (4, 3)), ((2, 4), (4, 0))):
+            out = k.to_numpy(k.matmul(k.zeros(a_shape), k.zeros(b_shape)))
+            assert out.shape == (a_shape[0], b_shape[1]) and not out.any(), (method, a_shape)

@@ -210,7 +210,9 @@ class RingKernels(abc.ABC):
         Raises:
             ValueError: If the shapes do not multiply.
         """
-        matmul_shape(self.shape(a), self.shape(b))
+        out_shape = matmul_shape(self.shape(a), self.shape(b))
+        if 0 in out_shape or self.shape(a)[-1] == 0:  # nothing to multiply: no route to time
+            return self.zeros(out_shape)
         route = self.matmul_route(a, b)
         self.prepared.note(a)
         self.prepared.note(b)
@@ -374,7 +376,11 @@ class RingKernels(abc.ABC):
         def timed_candidates():
             return {name: self._timed_run(fn) for name, fn in make_candidates().items()}
 
-        return self.routes.choose(key, timed_candidates, static, names)
+        choice = self.routes.choose(key, timed_candidates, static, names)
+        if choice.source == "measured":  # splits made while timing routes that lost go
+            for tensor in tensors:
+                self.prepared.discard(tensor, lambda k: k[0] == str(choice))
+        return choice
 
     def _timed_run(self, fn):
         def run():

@@ -116,6 +116,15 @@ class PreparedOperands:
                 entry.pinned or entry.values or entry.seen or entry.sightings > 0
             )
 
+    def discard(self, tensor: Any, keep: Callable[[Hashable], bool]) -> None:
+        """Drops the kept values of `tensor` whose key `keep` rejects (splits of routes not taken)."""
+        with self._lock:
+            entry = self._live_entry(tensor)
+            if entry is None:
+                return
+            for key in [k for k in entry.values if not keep(k)]:
+                self._bytes -= self._nbytes_of(entry.values.pop(key))
+
     def lookup(self, tensor: Any, key: Hashable) -> Any | None:
         """The kept value of (`tensor`, `key`) if `tensor` is unchanged since, else None."""
         with self._lock:

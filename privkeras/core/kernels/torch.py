@@ -121,6 +121,8 @@ class TorchKernels(RingKernels):
         where no GPU is. Splits of reused operands are kept, as for limbs.
         """
         out_shape = matmul_shape(a.shape, b.shape)
+        if 0 in out_shape or a.shape[-1] == 0:
+            return torch.zeros(out_shape, dtype=torch.int64, device=a.device)
         if b.dim() > 2:  # broadcast batches of right operands: one product per batch entry
             a, b = (
                 torch.broadcast_to(a, (*out_shape[:-2], *a.shape[-2:])),
