@@ -291,11 +291,14 @@ class RingKernels(abc.ABC):
         return self._kept(
             owner,
             ("limbs", side, chunk, self.shape(tensor)),
-            lambda: self._split_for_limbs(tensor, side, chunk),
+            lambda transient: self._split_for_limbs(tensor, side, chunk, transient),
         )
 
-    def _split_for_limbs(self, tensor: Tensor, side: str, chunk: int):
-        """`limbs.prepare_limb_operand` (libraries override it with a fused version)."""
+    def _split_for_limbs(self, tensor: Tensor, side: str, chunk: int, transient: bool = False):
+        """`limbs.prepare_limb_operand` (libraries override it with a fused version).
+
+        `transient` splits are dropped after the call, so they may live in scratch buffers.
+        """
         return prepare_limb_operand(self, tensor, side, chunk)
 
     def _matmul_limbs(self, a, b, chunk: int = KARATSUBA_MAX_DEPTH, b_owner=None):

@@ -114,7 +114,7 @@ class TensorFlowKernels(RingKernels):
             return _from_torch(out)
         return super().conv2d(x, kernel, strides, padding)
 
-    def _split_for_limbs(self, tensor, side, chunk):
+    def _split_for_limbs(self, tensor, side, chunk, transient=False):
         """The split as one graph per (shape, side, chunk): about twenty ops in one call.
 
         Timing runs ("auto" deciding) stay eager: tracing a graph per candidate
