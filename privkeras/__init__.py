@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     # submodules
     "dpsgd": "privkeras.dpsgd",
     "errors": "privkeras.errors",
+    "federated": "privkeras.federated",
     "layers": "privkeras.layers",
     "mpc": "privkeras.mpc",
     "policies": "privkeras.policies",
