@@ -296,8 +296,8 @@ class DPSGDEngine(Engine):
     def train_step(self, model: keras.Model, data: Any):
         if self._trainer is None:
             raise CapabilityError(
-                "DP-SGD steps run only inside fit(), which samples the batches and accounts "
-                "for them; train_on_batch would bypass both. Use fit()."
+                f"Engine {self.name!r}: DP-SGD steps run only inside fit(), which samples the "
+                "batches and accounts for them; train_on_batch would bypass both. Use fit()."
             )
         return self._trainer.train_step(data)
 

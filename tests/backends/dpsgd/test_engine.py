@@ -16,6 +16,7 @@ from privkeras.core.random import SecureStream
 from privkeras.errors import (
     CapabilityError,
     EngineNotAvailableError,
+    InvalidInputError,
     PrivacyBudgetExceededError,
     PrivacyPolicyError,
     UnsupportedLayerError,
@@ -279,20 +280,24 @@ def test_loss_that_averages_the_batch_is_refused(data):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"batch_size": N + 1}, "batch_size <= the number of training examples"),
-        ({"batch_size": 0}, "batch_size to be a positive integer"),
-        ({"x": iter([]), "y": None}, "expected x and y as arrays"),
-        ({"y": np.zeros((3, 1))}, "same number"),
-        ({"sample_weight": np.ones(3)}, "sample_weight of shape"),
+        (
+            {"batch_size": N + 1},
+            PrivacyPolicyError,
+            "batch_size <= the number of training examples",
+        ),
+        ({"batch_size": 0}, InvalidInputError, "batch_size to be a positive integer"),
+        ({"x": iter([]), "y": None}, PrivacyPolicyError, "expected x and y as arrays"),
+        ({"y": np.zeros((3, 1))}, InvalidInputError, "same number"),
+        ({"sample_weight": np.ones(3)}, InvalidInputError, "sample_weight of shape"),
     ],
 )
-def test_bad_fit_arguments(data, kwargs, message):
+def test_bad_fit_arguments(data, kwargs, error, message):
     x, y = data
     model = _model(privacy=_policy())
     args = {"x": x, "y": y, "batch_size": 16, "verbose": 0, **kwargs}
-    with pytest.raises(PrivacyPolicyError, match=message):
+    with pytest.raises(error, match=message):
         model.fit(**args)
 
 
