@@ -4,7 +4,8 @@ Workload (issue 13): private inference of the MLP 784-128-128-10 (ReLU) on a
 batch of 64, weights and inputs secret, every party in one process, with the
 same weights and inputs in every framework. Each framework also runs the same
 MLP without ReLU, so that the share of the comparisons (ReLU) shows:
-`relu_ms` is the difference, `relu_share` its part of the whole.
+`relu_ms` is the difference, `relu_share` its part of the whole. Ratios
+(`vs_pond_torch`, `vs_crypten`, `vs_spu`) are medians of per-round ratios.
 
 - privkeras: pond/torch, aby3/torch and pond/tfe through `compile(privacy=MPC(...))`
   and `predict`, model shared once (as a server holds it), torch on one thread.
@@ -218,6 +219,7 @@ def _rows(per_round, workers, errors) -> list[dict]:
             "max_abs_error": errors.get(label),
         }
         if label.startswith("privkeras"):
+            extra["vs_pond_torch"] = _ratio(per_round, relu_key, "privkeras pond/torch/relu")
             extra["vs_crypten"] = _ratio(per_round, relu_key, "crypten/relu")
             extra["vs_spu"] = _ratio(per_round, relu_key, f"spu {spu_protocol}/relu")
             extra["vs_spu_protocol"] = spu_protocol
