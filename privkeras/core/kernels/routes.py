@@ -319,7 +319,7 @@ class RouteTable:
         elapsed = time.perf_counter() - start
         self.seconds_measuring += elapsed
         timings = ", ".join(f"{n} {medians[n]:.3g} ms" for n in candidates)
-        reason = f"fastest when timed here ({timings})"
+        reason = f"fastest when timed here ({timings}; decided in {1e3 * elapsed:.3g} ms)"
         if dropped:
             reason += f"; {', '.join(dropped)} dropped early"
         return RouteChoice(winner, "measured", reason, medians, key)
