@@ -223,6 +223,8 @@ class RouteTable:
         self.library_version = library_version
         self._synchronize = synchronize or (lambda: None)
         self._decisions: dict[tuple, RouteChoice] = {}
+        #: Exact operand shapes -> (environment, decision): the kernels' per-call fast path.
+        self.memo: dict[tuple, tuple] = {}
         self._lock = threading.RLock()
         self._disk_loaded = False
         #: Seconds spent measuring, in total (the decision cost of this process).
@@ -237,6 +239,7 @@ class RouteTable:
         """Forgets the decisions of this process (the disk file is left alone)."""
         with self._lock:
             self._decisions.clear()
+            self.memo.clear()
             self._disk_loaded = False
 
     def choose(
