@@ -267,6 +267,7 @@ class FederatedRound:
         self.client_dp = client_dp
         self.ledger = ledger
         self.dp = dp
+        self.rounds_run = 0  # rounds of this job (an owner accounts its job's rounds)
         self._stream = SecureStream()
 
     def sample(self) -> list[str]:
@@ -278,7 +279,7 @@ class FederatedRound:
         return [name for name, u in zip(names, draws) if u < self.fraction_fit]
 
     def _train_request(self, round_index: int, weights: np.ndarray, extra: dict[str, dict]):
-        fields = {"client_rounds": self.ledger.count + 1}
+        fields = {"client_rounds": self.rounds_run + 1}
         if self.client_dp is not None:
             fields["clip_norm"] = self.client_dp.clip_norm
 
@@ -333,6 +334,7 @@ class FederatedRound:
         survivors = [name for name in results if name not in context.dropped]
         context.require(len(survivors), "aggregation")
         new_weights = self._step(weights, total, survivors)
+        self.rounds_run += 1
         logs = weighted_logs({name: results[name] for name in survivors})
         after = {name: self.owners[name].traffic() for name in cohort}
         return RoundOutcome(

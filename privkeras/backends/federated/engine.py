@@ -26,7 +26,6 @@ Notes:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import warnings
@@ -103,12 +102,6 @@ class FederatedEngine(Engine):
         self._job: JobSpec | None = None
         self._job_owners: tuple[str, ...] = ()
 
-    @classmethod
-    def training_data_from_arrays(cls, x: Any, y: Any) -> tuple[Any, Any]:
-        """The caller's rows as two simulated owners (what `fit` takes: a `FederatedData`)."""
-        half = len(x) // 2
-        return FederatedData.simulate([(x[:half], y[:half]), (x[half:], y[half:])]), None
-
     # -- fit --------------------------------------------------------------------------------
     def fit(
         self,
@@ -154,9 +147,12 @@ class FederatedEngine(Engine):
         runner = CohortRunner(self.policy.timeout)
         try:
             self._describe_and_check(owners, runner, model)
-            client_dp = self._resolve_client_dp(len(owners), self.policy.rounds - initial_epoch)
+            rounds_left = self.policy.rounds - initial_epoch
+            client_dp = self._resolve_client_dp(len(owners), rounds_left)
             aggregator = self._aggregator()
-            job = self._job_spec(model, batch_size, shuffle, client_dp, aggregator.name)
+            job = self._job_spec(
+                model, batch_size, shuffle, client_dp, aggregator.name, rounds_left
+            )
             self._configure(owners, runner, job)
             rounds = FederatedRound(
                 job=job,
@@ -268,14 +264,14 @@ class FederatedEngine(Engine):
             )
         return aggregator
 
-    def _job_spec(self, model, batch_size, shuffle, client_dp, aggregation_name) -> JobSpec:
+    def _job_spec(self, model, batch_size, shuffle, client_dp, aggregation_name, rounds) -> JobSpec:
         policy = self.policy
         plan = None
         if client_dp is not None and client_dp.noise_multiplier > 0:
             plan = {
                 "sample_rate": policy.fraction_fit,
                 "noise_multiplier": client_dp.noise_multiplier,
-                "rounds": self.ledger.count + policy.rounds,
+                "rounds": rounds,
                 "delta": policy.delta,
                 "placement": policy.dp,
             }
@@ -285,7 +281,7 @@ class FederatedEngine(Engine):
             model=keras.saving.serialize_keras_object(model),
             compile=keras.Model.get_compile_config(model),
             weight_count=WeightLayout(model.weights).size,
-            rounds=policy.rounds,
+            rounds=rounds,
             batch_size=batch_size,
             local_epochs=policy.local_epochs,
             shuffle=bool(shuffle),
@@ -422,8 +418,7 @@ class FederatedEngine(Engine):
         job = self._job
         if job is None or not set(owners) <= set(self._job_owners):
             self._describe_and_check(owners, runner, model)
-            job = self._job_spec(model, _check_batch_size(batch_size), False, None, "plain")
-            job = dataclasses.replace(job, rounds=0)
+            job = self._job_spec(model, _check_batch_size(batch_size), False, None, "plain", 0)
             _, failures = runner.call(owners, lambda owner: owner.configure(job, runner.timeout))
             _raise_failures(failures, "accept the evaluation")
         weights = WeightLayout(model.weights).flatten(model.get_weights())

@@ -181,6 +181,7 @@ class OwnerService:
         self.rules = rules or OwnerRules()
         self.ledger = OwnerLedger(self.rules, name)
         self._jobs: collections.OrderedDict[str, _Job] = collections.OrderedDict()
+        self._lock = threading.Lock()
         self._summary = self._summarize()
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -239,8 +240,11 @@ class OwnerService:
                 f"owner {self.name!r} allows only {list(self.rules.allow)}; refused a "
                 f"{spec.kind!r} job (its --allow does not list it)."
             )
-        if spec.job_id in self._jobs:
-            return
+        with self._lock:
+            if spec.job_id not in self._jobs:
+                self._configure(spec)
+
+    def _configure(self, spec: JobSpec) -> None:
         batch_size = max(1, min(int(spec.batch_size), len(self.x)))
         local, policy = self._local_plan(spec, batch_size)
         local_ledger = None

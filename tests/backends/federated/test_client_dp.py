@@ -95,7 +95,7 @@ def test_epsilon_per_round_with_poisson_sampling_equals_dp_accounting():
 
     parts = make_partitions(sizes=(5,) * 10)
     policy = pk.Federated(
-        rounds=3, fraction_fit=0.4, min_owners=1, clip_norm=1.0, noise_multiplier=1.3, delta=1e-3
+        rounds=2, fraction_fit=0.4, min_owners=1, clip_norm=1.0, noise_multiplier=1.3, delta=1e-3
     )
     history = make_model(policy).fit(FederatedData.simulate(parts), verbose=0).history
     for rounds, value in enumerate(history["epsilon"], start=1):

@@ -61,7 +61,7 @@ def _unflatten(model, vector):
     return out
 
 
-@pytest.mark.parametrize("server", ["fedadam", "fedyogi", "fedavgm"])
+@pytest.mark.parametrize("server", ["fedadam", "fedyogi"])
 def test_server_optimizer_is_applied_to_the_averaged_update(partitions, server):
     from privkeras.backends.federated import server_optimizers
 
