@@ -179,11 +179,12 @@ def _matmul_rows(rounds: int) -> list[dict]:
                     return kernels.matmul(ta, tb)
 
                 runs[route] = split_every_call
-                if route == "limbs":
-                    kept = _read_only(kernels.from_numpy(b), library)
-                    kernels.prepare(kept)
-                    runs["limbs (weights kept)"] = lambda kernels=kernels, ta=ta, kept=kept: (
-                        kernels.matmul(ta, kept)
+                if route == "limbs":  # its own kernels: the run above clears its kept splits
+                    keeping = type(kernels)(matmul_method="limbs")
+                    kept = _read_only(keeping.from_numpy(b), library)
+                    keeping.prepare(kept)
+                    runs["limbs (weights kept)"] = lambda keeping=keeping, ta=ta, kept=kept: (
+                        keeping.matmul(ta, kept)
                     )
             slow = any((library, r, (m, k, n)) in SLOW for r in runs)
             rows += _time_rows(
