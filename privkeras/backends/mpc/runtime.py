@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from privkeras.backends.mpc.communicator import Communicator, InProcessCommunicator
+from privkeras.backends.mpc.placement import Remote
 from privkeras.backends.mpc.protocols.aby3 import ABY3Protocol
 from privkeras.backends.mpc.protocols.base import Protocol
 from privkeras.backends.mpc.protocols.pond import PondProtocol
@@ -105,7 +107,11 @@ class MPCRuntime:
         seed: None for keys from `os.urandom`, or an int that makes every
             share reproducible (tests only: not secure).
         communicator: A `Communicator` for the protocol's parties; an
-            `InProcessCommunicator` by default.
+            `InProcessCommunicator` by default. Its placement says which roles
+            run in this process (all of them by default; one party in a party
+            process, the caller and model owner in a networked driver).
+        keys: Stream keys agreed for a networked job without a seed (see
+            `PartyStreams`).
 
     Raises:
         PrivacyPolicyError: For an unknown protocol or kernel library (listing
@@ -128,6 +134,7 @@ class MPCRuntime:
         precision_bits: int = 16,
         seed: int | None = None,
         communicator: Communicator | None = None,
+        keys: Mapping[str, bytes] | None = None,
     ):
         cls = get_protocol(protocol)
         if isinstance(kernels, RingKernels):
@@ -150,12 +157,13 @@ class MPCRuntime:
                 f"Received: parties={list(self.communicator.parties)}"
             )
         self.seed = seed
-        self.streams = PartyStreams(cls.num_parties, seed)
+        self.placement = self.communicator.placement
+        self.streams = PartyStreams(cls.num_parties, seed, self.placement, keys)
         self.protocol: Protocol = cls(
             self.kernels, self.streams, self.communicator, self.codec.precision_bits
         )
         self.reveal_log: list[RevealRecord] = []
-        if protocol == "pond":
+        if protocol == "pond" and self.placement.any_here(("caller", "model_owner")):
             _warn_dealer_once()
 
     def __repr__(self) -> str:
@@ -194,28 +202,36 @@ class MPCRuntime:
             PrecisionOverflowError: For NaN, infinite or out-of-range values,
                 naming `name`.
         """
+        if isinstance(value, Remote) or not self.placement.here(owner):
+            shape = value.shape if isinstance(value, Remote) else np.shape(value)
+            return SharedTensor(self, self.protocol.share(None, owner, shape=tuple(shape)))
         encoded = self.encode_public(value, name=name)
         return SharedTensor(self, self.protocol.share(encoded, owner))
+
+    def here(self, role: str) -> bool:
+        """Whether `role` runs in this process (see `Placement`)."""
+        return self.placement.here(role)
 
     def share_public(self, value: Any, name: str = "public value") -> SharedTensor:
         """A public value as a (trivial) sharing, without communication."""
         encoded = self.encode_public(value, name=name)
-        zero = self.kernels.zeros(self.kernels.shape(encoded))
-        return SharedTensor(
-            self, self.protocol.add_public((zero,) * self.protocol.num_components, encoded)
-        )
+        zero = self.protocol.zeros(self.kernels.shape(encoded))
+        return SharedTensor(self, self.protocol.add_public(zero, encoded))
 
     # -- revealing -------------------------------------------------------------------------------
     def reveal(self, x: SharedTensor, to: str = "caller", what: str = "value") -> np.ndarray:
         """Opens `x` to `to` (one round) and logs the reveal.
 
         Returns:
-            The decoded values as a float64 numpy array.
+            The decoded values as a float64 numpy array, in the process where
+            `to` runs; None in the others (they only send their shares).
         """
         if not isinstance(x, SharedTensor) or x.runtime is not self:
             raise TypeError("Expected a SharedTensor of this runtime.")
         ring = self.protocol.reveal(x.shares, to)
         self.reveal_log.append(RevealRecord(what=what, to=to, shape=x.shape))
+        if ring is None:
+            return None
         return self.codec.decode(self.kernels.to_numpy(ring))
 
     def check_range(self, values: np.ndarray, name: str, limit: float | None = None) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privkeras.backends.mpc.errors import MPCInputError
+from privkeras.backends.mpc.protocols.base import Shares, product_shape
 from privkeras.core.kernels import RingKernels, conv_output_padding
 from privkeras.errors import format_received
 
@@ -59,8 +60,9 @@ class SharedTensor:
 
     def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...]):
         self.runtime = runtime
-        self.shares = tuple(shares)
-        self._shape = runtime.kernels.shape(self.shares[0])
+        # None for each component no local party holds (`Shares` keeps the shape).
+        self.shares = shares if isinstance(shares, Shares) else Shares(tuple(shares))
+        self._shape = self.shares.shape
         # A protocol's reusable mask of this value (Pond: a Beaver mask opened once),
         # set by the first product or comparison that opens one. Not part of the value.
         self._mask = None
@@ -102,7 +104,7 @@ class SharedTensor:
         return self.runtime.protocol
 
     def _new(self, shares) -> SharedTensor:
-        return SharedTensor(self.runtime, tuple(shares))
+        return SharedTensor(self.runtime, shares)
 
     def _local(self, fn: Callable[..., Tensor], *others: SharedTensor) -> SharedTensor:
         result = self._new(self._protocol.local(fn, self.shares, *(o.shares for o in others)))
@@ -169,9 +171,14 @@ class SharedTensor:
             else self.runtime.encode_public(other)
         )
         fn = _PUBLIC_PRODUCTS[op]
-        shares = tuple(
-            fn(k, public, s, **kwargs) if reverse else fn(k, s, public, **kwargs)
-            for s in self.shares
+        shares = Shares(
+            tuple(
+                None
+                if s is None
+                else (fn(k, public, s, **kwargs) if reverse else fn(k, s, public, **kwargs))
+                for s in self.shares
+            ),
+            product_shape(op, left, right, kwargs),
         )
         return self._new(shares if integer else protocol.truncate(shares, f))
 
@@ -590,7 +597,9 @@ class SharedBit:
         protocol, k = self.runtime.protocol, self.runtime.kernels
         f = self.runtime.codec.precision_bits
         arith = protocol.bit_to_arithmetic(self.shares)
-        return SharedTensor(self.runtime, tuple(k.shift_left(s, f) for s in arith))
+        return SharedTensor(
+            self.runtime, self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
+        )
 
     def reveal(self, to: str = "caller", what: str = "bit") -> np.ndarray:
         """The plaintext 0.0 / 1.0 values, opened to `to` and logged (see `SharedTensor.reveal`)."""
@@ -613,11 +622,13 @@ class SharedBit:
         )
         for tensor, mask in zip(tensors, masks):
             tensor._keep_mask(mask)
-        results = tuple(SharedTensor(self.runtime, tuple(p)) for p in products)
+        results = tuple(SharedTensor(self.runtime, p) for p in products)
         if not with_bit:
             return results, None
         k, f = self.runtime.kernels, self.runtime.codec.precision_bits
-        return results, SharedTensor(self.runtime, tuple(k.shift_left(s, f) for s in arith))
+        return results, SharedTensor(
+            self.runtime, self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
+        )
 
 
 _PUBLIC_PRODUCTS: dict[str, Callable[..., Tensor]] = {

@@ -1,58 +1,115 @@
 """The random streams each party, pair of parties and the dealer hold.
 
 Every share, mask and triple in the MPC runtime is drawn from one of these
-`SecureStream`s. With `seed=None` the root key comes from `os.urandom`; with
-an integer seed every stream is derived from it (tests only), so a run is
-reproducible bit for bit on every kernel library.
+`SecureStream`s, each named by a label that says who holds its key:
+
+| label | held by |
+|---|---|
+| `party/i` | compute party i |
+| `pair/i/j` | compute parties i and j (a pairwise seed) |
+| `common` | every compute party |
+| `dealer`, `dealer/i` | Pond's dealer; the dealer and party i |
+| `helper/P`, `helper/P/i` | a compute party P dealing for two others (ABY3's p2); P and party i |
+| `owner/O/i/...` | data owner O and the listed parties |
+
+A process holds only the keys of the roles that run in it (its
+`Placement`): asking for another key returns None, so protocol code draws a
+value exactly where a holder of its key runs, once per process. In one
+process (every role local), a value drawn from a pair stream is drawn once
+and used by both holders, which is what each of them computes on its own.
+
+With `seed=None` the keys come from `os.urandom` (in one process) or from
+`keys` agreed when a networked job starts; with an integer seed every key is
+derived from it (tests only), so a run is reproducible bit for bit on every
+kernel library and in every process layout.
 
 Notes:
-    A stream shared by two parties (a *pairwise seed*) lets them draw the
-    same values without talking: ABY3's pseudo-random zero sharing (Mohassel
-    and Rindal, CCS 2018, section 2.2) and the dealer's seed-compressed
-    triples (the dealer sends party 0 nothing: party 0 expands its seed) rest
-    on it. In a deployment the pairwise keys come from a key exchange; in
-    this process they are forks of one root key. A value drawn from a pair
-    stream is drawn once here and used by both holders, which is what each
-    of them would compute on its own.
+    A stream shared by two parties lets them draw the same values without
+    talking: ABY3's pseudo-random zero sharing (Mohassel and Rindal, CCS
+    2018, section 2.2) and the dealer's seed-compressed triples (the dealer
+    sends party 0 nothing: party 0 expands its seed) rest on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from privkeras.backends.mpc.placement import Placement
 from privkeras.core.random import SecureStream
 
-__all__ = ["PartyStreams"]
+__all__ = ["PartyStreams", "holders_of"]
+
+
+def holders_of(label: str) -> frozenset[str]:
+    """The roles that hold the key of a stream label (compute parties are `p0`, `p1`, ...)."""
+    parts = label.split("/")
+    kind, rest = parts[0], parts[1:]
+    if kind == "party" and len(rest) == 1:
+        return frozenset({f"p{rest[0]}"})
+    if kind == "pair" and len(rest) == 2:
+        return frozenset({f"p{rest[0]}", f"p{rest[1]}"})
+    if kind == "common" and not rest:
+        return frozenset({"p0", "p1", "p2"})
+    if kind == "dealer" and len(rest) <= 1:
+        return frozenset({"dealer", *(f"p{i}" for i in rest)})
+    if kind == "helper" and 1 <= len(rest) <= 2:
+        return frozenset({rest[0], *(f"p{i}" for i in rest[1:])})
+    if kind == "owner" and rest:
+        return frozenset({rest[0], *(f"p{i}" for i in rest[1:])})
+    raise ValueError(f"Expected a stream label of privkeras's MPC runtime. Received: {label!r}")
 
 
 class PartyStreams:
-    """Named forks of one root stream for the parties of one runtime.
+    """Named streams of one runtime, restricted to the keys its local roles hold.
 
     Args:
         num_parties: Number of compute parties.
-        seed: None (keys from `os.urandom`) or an int (reproducible, tests only).
+        seed: None (keys from `os.urandom` or `keys`) or an int (reproducible,
+            tests only).
+        placement: The roles running in this process (default: all of them).
+        keys: 32-byte keys by label, agreed with the other holders when a
+            networked job starts; labels not listed are derived from the root.
     """
 
-    def __init__(self, num_parties: int, seed: int | None = None):
+    def __init__(
+        self,
+        num_parties: int,
+        seed: int | None = None,
+        placement: Placement | None = None,
+        keys: Mapping[str, bytes] | None = None,
+    ):
         self.num_parties = num_parties
         self.seeded = seed is not None
+        self.placement = placement or Placement()
         self._root = SecureStream(seed)
-        self._cache: dict[str, SecureStream] = {}
+        self._keys = dict(keys or {})
+        self._cache: dict[str, SecureStream | None] = {}
 
-    def _get(self, label: str) -> SecureStream:
-        stream = self._cache.get(label)
-        if stream is None:
-            stream = self._cache[label] = self._root.fork(label)
+    def holds(self, label: str) -> bool:
+        """Whether a role of this process holds the key of `label`."""
+        return self.placement.any_here(holders_of(label))
+
+    def _get(self, label: str) -> SecureStream | None:
+        if label in self._cache:
+            return self._cache[label]
+        stream = None
+        if self.holds(label):
+            key = self._keys.get(label)
+            # An agreed key is secret random bytes: hashing it (the seed path) keys the stream.
+            stream = SecureStream(key) if key is not None else self._root.fork(label)
+        self._cache[label] = stream
         return stream
 
-    def party(self, i: int) -> SecureStream:
+    def party(self, i: int) -> SecureStream | None:
         """Randomness private to compute party `i`."""
         return self._get(f"party/{i}")
 
-    def pair(self, i: int, j: int) -> SecureStream:
+    def pair(self, i: int, j: int) -> SecureStream | None:
         """Randomness shared by compute parties `i` and `j` (a pairwise seed)."""
         low, high = sorted((i, j))
         return self._get(f"pair/{low}/{high}")
 
-    def dealer(self, i: int | None = None, dealer: str = "dealer") -> SecureStream:
+    def dealer(self, i: int | None = None, dealer: str = "dealer") -> SecureStream | None:
         """A dealer's private randomness, or the seed it shares with party `i`.
 
         `dealer` names who deals: Pond's dealer, or a compute party that deals
@@ -61,10 +118,10 @@ class PartyStreams:
         label = "dealer" if dealer == "dealer" else f"helper/{dealer}"
         return self._get(label if i is None else f"{label}/{i}")
 
-    def common(self) -> SecureStream:
+    def common(self) -> SecureStream | None:
         """Randomness every compute party knows (a seed agreed by all of them)."""
         return self._get("common")
 
-    def owner(self, owner: str, *parties: int) -> SecureStream:
+    def owner(self, owner: str, *parties: int) -> SecureStream | None:
         """A data owner's private randomness, or the seed it shares with `parties`."""
         return self._get("/".join(["owner", owner, *(str(p) for p in sorted(parties))]))
