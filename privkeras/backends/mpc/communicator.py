@@ -44,6 +44,8 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from privkeras.backends.mpc.placement import Placement
 from privkeras.errors import PartyError
 
@@ -120,6 +122,23 @@ class CommunicationStats:
             },
             messages=self.messages - other.messages,
             offline_bytes=self.offline_bytes - other.offline_bytes,
+        )
+
+    @classmethod
+    def total(cls, snapshots: Sequence[CommunicationStats]) -> CommunicationStats:
+        """The counts of one job run across processes, from each process's own counts.
+
+        Every process takes part in every round, so rounds are the same in all
+        of them; bytes, messages and offline bytes are each counted once, by
+        their sender.
+        """
+        names = sorted({name for s in snapshots for name in s.bytes_per_party})
+        return cls(
+            rounds=max((s.rounds for s in snapshots), default=0),
+            bytes_sent=sum(s.bytes_sent for s in snapshots),
+            bytes_per_party={n: sum(s.bytes_per_party.get(n, 0) for s in snapshots) for n in names},
+            messages=sum(s.messages for s in snapshots),
+            offline_bytes=sum(s.offline_bytes for s in snapshots),
         )
 
     def max_bytes_per_party(self) -> int:
@@ -240,6 +259,33 @@ class Communicator(abc.ABC):
     def _deliver(self, messages: list[Message], offline: bool) -> dict[tuple[str, str], Tensor]:
         """Sends the local messages, receives the local ones; returns {(src, dst): payload}."""
 
+    def broadcast(self, source: str, value: Any, targets: Sequence[str]) -> np.ndarray:
+        """A public value decided by `source` (the driver), delivered to every role in `targets`.
+
+        Control, not protocol: a broadcast carries public decisions (a batch
+        order, whether training stops) and is not counted in rounds or bytes.
+        Returns the value in every process.
+        """
+        here = self.placement.here
+        if here(source):
+            array = np.asarray(value)
+            for target in targets:
+                if not here(target):
+                    self.send_control(source, target, array)
+            return array
+        receiver = next((t for t in targets if here(t)), None)
+        if receiver is None:
+            raise ValueError(f"Expected a local role among {list(targets)} to receive a broadcast.")
+        return np.asarray(self.receive_control(source, receiver))
+
+    def send_control(self, src: str, dst: str, value: np.ndarray) -> None:
+        """Sends a small public array on the (src, dst) channel, uncounted (setup, control)."""
+        raise NotImplementedError(f"{type(self).__name__} does not cross processes")
+
+    def receive_control(self, src: str, dst: str) -> np.ndarray:
+        """Waits for the next control array on the (src, dst) channel."""
+        raise NotImplementedError(f"{type(self).__name__} does not cross processes")
+
 
 class InProcessCommunicator(Communicator):
     """All parties live in this process: delivering a message hands over the tensor.
@@ -294,6 +340,12 @@ class ThreadedCommunicator(Communicator):
     ):
         super().__init__(parties, placement)
         self.hub, self.timeout = hub, timeout
+
+    def send_control(self, src: str, dst: str, value: np.ndarray) -> None:
+        self.hub.put(src, dst, value)
+
+    def receive_control(self, src: str, dst: str) -> np.ndarray:
+        return self.hub.get(src, dst, self.timeout)
 
     def _deliver(self, messages: list[Message], offline: bool) -> dict[tuple[str, str], Tensor]:
         here = self.placement.here

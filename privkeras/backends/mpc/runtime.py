@@ -212,6 +212,20 @@ class MPCRuntime:
         """Whether `role` runs in this process (see `Placement`)."""
         return self.placement.here(role)
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles that run every job: the compute parties, and Pond's dealer."""
+        return self.parties + (("dealer",) if self.protocol_name == "pond" else ())
+
+    def broadcast(self, value: Any, source: str) -> np.ndarray:
+        """A public decision of `source` (batch order, early stop), known to every role after.
+
+        In one process it is `value`; across processes `source` sends it to the
+        parties (and dealer), which run the same code with `value=None`. Not
+        counted in rounds or bytes: it is control, not protocol.
+        """
+        return self.communicator.broadcast(source, value, self.roles)
+
     def share_public(self, value: Any, name: str = "public value") -> SharedTensor:
         """A public value as a (trivial) sharing, without communication."""
         encoded = self.encode_public(value, name=name)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privkeras.backends.mpc.errors import MPCInputError
+from privkeras.backends.mpc.placement import Remote
 from privkeras.errors import PrecisionOverflowError
 
 if TYPE_CHECKING:
@@ -133,9 +134,34 @@ class SharedData:
                 f"Expected every owner's x to have the same row shape. Received: {sorted(shapes)}"
             )
 
+    @classmethod
+    def remote(
+        cls,
+        owners: Sequence[str],
+        sizes: Sequence[int],
+        row_shape: Sequence[int],
+        target_shapes: Sequence[Sequence[int]],
+    ) -> SharedData:
+        """The owners' data as a compute party sees it: shapes only, the rows stay with them.
+
+        `share` then receives each owner's shares instead of making them.
+        """
+        data = cls.__new__(cls)
+        data.owners = tuple(owners)
+        data._parts = [
+            (Remote((n, *row_shape)), Remote((n, *target)))
+            for n, target in zip(sizes, target_shapes)
+        ]
+        return data
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{o}: {n}" for o, n in zip(self.owners, self.sizes))
         return f"SharedData({sizes}; rows of shape {self.row_shape})"
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the rows live with their owners in other processes."""
+        return isinstance(self._parts[0][0], Remote)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -144,7 +170,7 @@ class SharedData:
 
     @property
     def row_shape(self) -> tuple[int, ...]:
-        return self._parts[0][0].shape[1:]
+        return tuple(self._parts[0][0].shape[1:])
 
     def __len__(self) -> int:
         return sum(self.sizes)
@@ -170,6 +196,15 @@ class SharedData:
             One `(x_shared, y_shared)` pair per owner, in owner order.
         """
         shared = []
+        if self.is_remote:
+            for owner, (x, y) in zip(self.owners, self._parts):
+                shared.append(
+                    (
+                        runtime.share(x, owner=owner, name=f"x of {owner}"),
+                        runtime.share(y, owner=owner, name=f"y of {owner}"),
+                    )
+                )
+            return shared
         for index, (owner, (x, _), targets) in enumerate(
             zip(self.owners, self._parts, self.encoded_targets(encode))
         ):

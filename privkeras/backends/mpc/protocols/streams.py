@@ -32,12 +32,16 @@ Notes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
 
 from privkeras.backends.mpc.placement import Placement
 from privkeras.core.random import SecureStream
 
-__all__ = ["PartyStreams", "holders_of"]
+__all__ = ["PartyStreams", "agree_stream_keys", "holders_of", "job_labels", "leader_of"]
 
 
 def holders_of(label: str) -> frozenset[str]:
@@ -57,6 +61,75 @@ def holders_of(label: str) -> frozenset[str]:
     if kind == "owner" and rest:
         return frozenset({rest[0], *(f"p{i}" for i in rest[1:])})
     raise ValueError(f"Expected a stream label of privkeras's MPC runtime. Received: {label!r}")
+
+
+def job_labels(protocol: str, owners: Sequence[str]) -> list[str]:
+    """Every stream label a job of `protocol` with data owners `owners` may draw from."""
+    if protocol == "pond":
+        labels = ["party/0", "party/1", "pair/0/1", "common", "dealer", "dealer/0", "dealer/1"]
+        return labels + [f"owner/{owner}/0" for owner in owners]
+    labels = [
+        *(f"party/{i}" for i in range(3)),
+        "pair/0/1",
+        "pair/0/2",
+        "pair/1/2",
+        "common",
+        "helper/p2",
+        "helper/p2/0",
+        "helper/p2/1",
+    ]
+    return labels + [f"owner/{o}/0/{j}" for o in owners for j in (1, 2)]
+
+
+def leader_of(label: str) -> str:
+    """The holder that makes a shared key and sends it to the other holders."""
+    parts = label.split("/")
+    if parts[0] == "owner":
+        return parts[1]
+    if parts[0] == "dealer":
+        return "dealer"
+    if parts[0] == "helper":
+        return parts[1]
+    return min(holders_of(label))  # pair/i/j, common and party/i: the lowest party
+
+
+def agree_stream_keys(communicator: Any, labels: Sequence[str]) -> dict[str, bytes]:
+    """Fresh 256-bit keys for the labels this process holds, agreed with their other holders.
+
+    For each label (in the given order, the same in every process) its leader
+    draws a key from `os.urandom` and sends it to the other holders over the
+    job's authenticated, encrypted channels; keys held by one role only never
+    leave it. One setup round, not counted as protocol traffic.
+
+    Notes:
+        Semi-honest model: a leader is trusted to draw its key at random (as
+        with the seeds of Mohassel and Rindal's zero sharing). Confidentiality
+        of the keys in transit rests on the channel (mutual TLS).
+    """
+    placement: Placement = communicator.placement
+    keys: dict[str, bytes] = {}
+    pending: list[tuple[str, str, str]] = []
+    for label in labels:
+        holders = holders_of(label)
+        if not placement.any_here(holders):
+            continue
+        lead = leader_of(label)
+        if placement.here(lead):
+            keys[label] = key = os.urandom(32)
+            for holder in sorted(holders):
+                if not placement.here(holder):
+                    communicator.send_control(lead, holder, np.frombuffer(key, dtype=np.uint8))
+        else:
+            receiver = min(h for h in holders if placement.here(h))
+            pending.append((label, lead, receiver))
+    for label, lead, receiver in pending:  # every send is out before any wait
+        key = bytes(np.asarray(communicator.receive_control(lead, receiver), dtype=np.uint8))
+        if len(key) != 32:
+            raise ValueError(
+                f"Expected a 32-byte key for {label!r} from {lead!r}. Received: {len(key)} bytes"
+            )
+        keys[label] = key
+    return keys
 
 
 class PartyStreams:
