@@ -7,7 +7,8 @@ relu would be, so that CKKS can evaluate it. Then:
 1. `compile(privacy="he")` and `predict`: one line, both roles in this process.
 2. The same with the roles spelled out, as on two machines: only bytes cross
    between the client (who holds the secret key) and the server (who holds
-   the model and a public context).
+   the model and a public context). The server evaluates independent groups
+   of ciphertexts on every core (`EvaluationPool`).
 
     python examples/he_inference.py
 """
@@ -23,6 +24,7 @@ import privkeras as pk
 from privkeras import datasets
 from privkeras.backends.he import (
     EncryptedBatch,
+    EvaluationPool,
     HEClient,
     HEServer,
     PackingSpec,
@@ -64,25 +66,33 @@ def main() -> None:
     print("engine report:", model.privacy_report())
 
     # -- 2. the roles, as on two machines: only bytes cross -------------------------------------
-    server = HEServer(model)  # the model owner; picks CKKS parameters from the model's depth
-    spec_bytes = server.packing(n_samples=64).to_bytes()  # public: layouts, no weights
+    pool = EvaluationPool()  # the server's cores; workers start on first use
+    server = HEServer(model, pool=pool)  # the model owner; CKKS parameters from the model's depth
+    spec_bytes = server.packing(block=128).to_bytes()  # public: layouts, no weights
 
     spec = PackingSpec.from_bytes(spec_bytes)  # on the client
     client = HEClient(spec.parameters)  # generates the keys; the secret key stays here
     context_bytes = client.public_context(spec).to_bytes()  # public key + relin/Galois keys
-    request = client.encrypt_to_bytes(data.x_test[:64], spec)
+    x = data.x_test[:512]
+    requests = [client.encrypt_to_bytes(x[s : s + spec.block], spec) for s in range(0, 512, 128)]
 
     public = PublicContext.from_bytes(context_bytes)  # on the server: no secret key in it
-    response = server.evaluate(EncryptedBatch.from_bytes(request, public), public).to_bytes()
+    batches = (EncryptedBatch.from_bytes(r, public, load=False) for r in requests)
+    responses = [out.to_bytes() for out in server.evaluate_many(batches, public)]
+    print(f"server pool: {pool.describe()}")
+    pool.close()
 
-    outputs = client.decrypt(EncryptedBatch.from_bytes(response, client), spec)  # on the client
+    outputs = np.concatenate(  # on the client
+        [client.decrypt(EncryptedBatch.from_bytes(r, client), spec) for r in responses]
+    )
     print(
-        f"client/server: {len(request) / 1e6:.1f} MB up, {len(response) / 1e6:.2f} MB down, "
-        f"public context {len(context_bytes) / 1e6:.1f} MB; predictions "
-        f"{outputs.argmax(1)[:10].tolist()} (plaintext {plain.argmax(1)[:10].tolist()})"
+        f"client/server: {len(requests)} groups, {sum(map(len, requests)) / 1e6:.1f} MB up, "
+        f"{sum(map(len, responses)) / 1e6:.2f} MB down, public context "
+        f"{len(context_bytes) / 1e6:.1f} MB; agreement with plaintext "
+        f"{np.mean(outputs.argmax(1) == plain[:512].argmax(1)):.3f}"
     )
     try:
-        server.decrypt(response)
+        server.decrypt(responses[0])
     except pk.PrivkerasError as error:
         print(f"server.decrypt -> {type(error).__name__}: {error}")
 

@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     # models and data
     "PrivateSequential": "privkeras.models",
     "SharedData": "privkeras.backends.mpc.shared_data",
+    "DataOwner": "privkeras.backends.federated.data",
+    "FederatedData": "privkeras.backends.federated.data",
     # policies
     "DPSGD": "privkeras.policies",
     "HE": "privkeras.policies",

@@ -53,6 +53,16 @@ class AuthenticationError(PartyError):
     """A peer failed to authenticate (bad token or certificate)."""
 
 
+class WireError(PartyError, ValueError):
+    """Bytes from a peer are not a valid privkeras frame (malformed, truncated, oversized,
+    or of a type the wire format refuses), or a local tensor cannot be put on the wire."""
+
+
+class RemoteCallError(PartyError):
+    """A peer's handler raised while serving a call; the message names the peer, the
+    method, and the remote error's type and text."""
+
+
 def format_received(**values: object) -> str:
     """Formats ``Received: name=value`` for error messages."""
     return "Received: " + ", ".join(f"{name}={value!r}" for name, value in values.items())

@@ -17,6 +17,35 @@ y = (x @ w).relu()
 y.reveal()                       # array([[0.5 , 0.  ], [1.5 , 0.25]])
 pk.mpc.get_runtime().communicator.rounds
 ```
+
+## Range
+
+Shared values are fixed-point numbers in the ring Z_2^64 with f fractional
+bits (`precision_bits`, 16 by default; resolution 2^-f):
+
+- a value (shared, public operand or result) must satisfy |x| < 2^(63 - f)
+  (2^47, about 1.4e14, at f = 16); `share` refuses larger inputs;
+- a product `x * y`, `x @ y` or `conv2d` is held at scale 2^(2f) before it
+  is truncated back, so each output's untruncated sum must satisfy
+  |sum of x_i y_i| < 2^(62 - 2f) (2^30, about 1.07e9, at f = 16: one bit
+  below what the ring holds, 2^(63 - 2f));
+- beyond these the ring wraps around and the result is garbage: 2^16 * 2^16
+  is 2^32, which is not below 2^30, and wraps to 0. Truncation can also fail
+  (probability about |x y| 2^(2f - 64) per element, see
+  docs/mpc-protocols.md), which is one reason to keep products small.
+
+The default runtime here tracks bounds (`MPCRuntime(track_bounds=True)`):
+`share` derives a public bound on |x| from the value (or takes `bound=`),
+every operation propagates bounds in O(1) and raises
+`PrecisionOverflowError` before a product or sum whose worst case would
+leave the range, and `reveal(check_range=True)` checks the opened values
+against their bound. A runtime made with `MPCRuntime(...)` tracks only
+tensors shared with a `bound=` unless given `track_bounds=True`.
+
+```python
+x = pk.mpc.share([2.0**16])
+x * x                            # PrecisionOverflowError: |x * y| could reach 4.29e+09 ...
+```
 """
 
 from __future__ import annotations
@@ -44,11 +73,13 @@ def get_runtime() -> MPCRuntime:
 
     The default is Pond on the kernels of the Keras backend (torch kernels
     under the torch backend, tensorflow kernels otherwise), keys from
-    `os.urandom`.
+    `os.urandom`, with range tracking on (see the module docstring).
     """
     global _default_runtime
     if _default_runtime is None:
-        _default_runtime = MPCRuntime(protocol="pond", kernels=_default_kernels())
+        _default_runtime = MPCRuntime(
+            protocol="pond", kernels=_default_kernels(), track_bounds=True
+        )
     return _default_runtime
 
 
@@ -58,7 +89,7 @@ def set_runtime(runtime: MPCRuntime | None) -> None:
     Example:
 
     ```python
-    pk.mpc.set_runtime(pk.mpc.MPCRuntime("aby3", kernels="torch", seed=0))
+    pk.mpc.set_runtime(pk.mpc.MPCRuntime("aby3", kernels="torch", track_bounds=True))
     ```
     """
     global _default_runtime
@@ -68,7 +99,11 @@ def set_runtime(runtime: MPCRuntime | None) -> None:
 
 
 def share(
-    x: Any, owner: str = "caller", name: str = "x", runtime: MPCRuntime | None = None
+    x: Any,
+    owner: str = "caller",
+    name: str = "x",
+    runtime: MPCRuntime | None = None,
+    bound: float | None = None,
 ) -> SharedTensor:
     """Secret-shares `x` among the parties of `runtime` (the default one if None).
 
@@ -77,13 +112,17 @@ def share(
         owner: Who holds the plaintext (for the communication count and the log).
         name: What to call `x` in errors.
         runtime: The runtime to use; `get_runtime()` by default.
+        bound: A public bound on |x| to declare (checked against `x` by its
+            owner); None derives it from `x` when the runtime tracks bounds.
+            A derived bound is public metadata: it tells max |x|; declare a
+            data-independent bound where that matters.
 
     Returns:
         A `SharedTensor`.
 
     Raises:
-        PrecisionOverflowError: If `x` has NaN, infinities or values out of
-            the fixed-point range.
+        PrecisionOverflowError: If `x` has NaN, infinities, values out of
+            the fixed-point range or beyond `bound`.
 
     Example:
 
@@ -92,14 +131,16 @@ def share(
     (x > 0).reveal()      # array([1., 0.])
     ```
     """
-    return (runtime or get_runtime()).share(x, owner=owner, name=name)
+    return (runtime or get_runtime()).share(x, owner=owner, name=name, bound=bound)
 
 
-def reveal(x: SharedTensor, to: str = "caller", what: str = "value") -> Any:
-    """Opens a shared tensor to `to`; same as `x.reveal(to, what)`."""
+def reveal(
+    x: SharedTensor, to: str = "caller", what: str = "value", check_range: bool | float = False
+) -> Any:
+    """Opens a shared tensor to `to`; same as `x.reveal(to, what, check_range)`."""
     if not isinstance(x, SharedTensor):
         raise TypeError(f"Expected a SharedTensor. Received: {type(x).__name__}")
-    return x.reveal(to=to, what=what)
+    return x.reveal(to=to, what=what, check_range=check_range)
 
 
 def _default_kernels() -> str:

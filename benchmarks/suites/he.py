@@ -17,6 +17,15 @@ Rows per workload:
   `square`; the CNN's patches made in plaintext by the client). Target: at
   least 2x. A feature-major row (one ciphertext per feature, no rotation)
   shows what the block packing adds.
+- `throughput b4096` (MLP): a full batch, 4,096 rows in N/2 = 4,096 slots,
+  encrypt + evaluate + decrypt, against TenSEAL's batched `CKKSTensor` path
+  on the same rows, in interleaved rounds (median of each, and the median of
+  the per-round ratios). privkeras runs the way the engine does: the
+  server's `plan` picks packing and workers, an `EvaluationPool` (started
+  before timing; its executor chosen by measuring thread scaling) evaluates
+  the groups while the client encrypts the next, ciphertexts crossing as
+  bytes. Rows for each executor forced (`threads`, `processes`) and for one
+  process show what the measurement chose between. Target: at least 2x.
 - `sizes`: bytes of one input ciphertext as sent (seed-compressed), one
   output ciphertext, and the public context with its Galois keys; baselines:
   a TenSEAL `CKKSVector` ciphertext and TenSEAL's context with the Galois
@@ -25,15 +34,21 @@ Rows per workload:
   the largest logit error.
 
 Every TenSEAL baseline uses the same CKKS modulus chain as the engine picks
-(same ring, same number of primes), and TenSEAL's default thread count; the
-engine runs on one thread. TenSEAL objects are sized with SEAL's own
-serialization (TenSEAL's protobuf path crashes once TensorFlow is loaded).
+(same ring, same number of primes) and TenSEAL's default thread count (one
+per core, recorded as `tenseal_threads`); privkeras's latency and b256 rows
+run in one process, its b4096 rows on the workers recorded as
+`privkeras_workers` (plus the client in the main process). TenSEAL objects
+are sized with SEAL's own serialization (TenSEAL's protobuf path crashes once
+TensorFlow is loaded). Rows name the CPU (`cpu`); the project machine is
+shared by the team, so only same-run ratios mean much.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +57,26 @@ from benchmarks.rows import row
 
 SUITE = "he"
 BATCH = 256
+FULL_BATCH = 4096
+
+
+def _cpu() -> str:
+    """The CPU model and its widest vector extension, from /proc/cpuinfo."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    vector = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    return f"{model}, {os.cpu_count()} cores, {vector}"
 
 
 def _seal_bytes(obj: Any) -> int:
@@ -94,10 +129,12 @@ class _TenSEALBaseline:
         import tenseal as ts
 
         self.kind = kind
+        self.threads = os.cpu_count()  # TenSEAL's default (multiprocessing.cpu_count())
         self.context = ts.context(
             ts.SCHEME_TYPE.CKKS,
             parameters.poly_modulus_degree,
             coeff_mod_bit_sizes=list(parameters.coeff_mod_bit_sizes),
+            n_threads=self.threads,
         )
         self.context.global_scale = parameters.scale
         self.context.generate_galois_keys()
@@ -203,7 +240,8 @@ class _Workload:
         self.extra = {
             "poly_modulus_degree": self.params.poly_modulus_degree,
             "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes),
-            "tenseal_threads": os.cpu_count(),
+            "tenseal_threads": self.baseline.threads,
+            "cpu": _cpu(),
         }
 
     def _row(
@@ -284,6 +322,82 @@ class _Workload:
                 )
             )
         return rows
+
+    def full_batch(self) -> list[dict[str, Any]]:
+        """4,096 rows: the engine's plan on an EvaluationPool vs TenSEAL batched, interleaved."""
+        from privkeras.backends.he import HEServer
+        from privkeras.backends.he.parallel import EvaluationPool
+
+        rows_x = np.concatenate([self.data.x_train, self.data.x_test]).astype(np.float64)
+        x = np.tile(rows_x, (FULL_BATCH // len(rows_x) + 1, 1))[:FULL_BATCH]
+        pools = {name: EvaluationPool(executor=name) for name in ("auto", "threads", "processes")}
+        try:
+            for pool in pools.values():
+                pool.start()
+            runs = {
+                f"privkeras {name}": self._full_batch_run(HEServer(self.model, pool=pool), x)
+                for name, pool in pools.items()
+            }
+            runs["privkeras one process"] = self._full_batch_run(HEServer(self.model), x)
+            runs["tenseal"] = lambda: (self.baseline.batched(x), None)
+            seconds = _interleaved(runs, rounds=2 if self.quick else 5)
+            chosen = pools["auto"].describe()
+        finally:
+            for pool in pools.values():
+                pool.close()
+        base = seconds.pop("tenseal")
+        rows = []
+        for name, (times, plan) in seconds.items():
+            executor = name.split(" ", 1)[1]
+            rows.append(
+                self._row(
+                    f"throughput b{FULL_BATCH}" + ("" if executor == "auto" else f" {executor}"),
+                    "samples_per_s",
+                    FULL_BATCH / statistics.median(times),
+                    "1/s",
+                    FULL_BATCH / statistics.median(base[0]),
+                    paired_ratio=statistics.median(b / t for b, t in zip(base[0], times)),
+                    rounds=len(times),
+                    block=plan.block,
+                    groups=plan.groups,
+                    privkeras_workers=plan.workers,
+                    executor=(chosen["executor"] if executor == "auto" else executor)
+                    if plan.workers > 1
+                    else "in-process",
+                    thread_speedup_measured=chosen["thread_speedup"],
+                )
+            )
+        return rows
+
+    def _full_batch_run(self, server: Any, x: np.ndarray):
+        """A timed callable: the engine's path for `x` on `server` (its plan, its pool)."""
+        from privkeras.backends.he import EncryptedBatch
+
+        plan = server.plan(len(x))
+        spec = server.packing(block=plan.block)
+        public = self.client.public_context(spec)
+        client = self.client
+
+        def groups():
+            for start in range(0, len(x), spec.block):
+                data = client.encrypt_to_bytes(x[start : start + spec.block], spec)
+                yield EncryptedBatch.from_bytes(data, public, load=False)
+
+        def run():
+            start = time.perf_counter()
+            if plan.parallel:
+                outputs = server.evaluate_many(groups(), public)
+            else:
+                outputs = (
+                    server.evaluate(client.encrypt(x[s : s + spec.block], spec), public)
+                    for s in range(0, len(x), spec.block)
+                )
+            for out in outputs:
+                client.decrypt(out, spec)
+            return time.perf_counter() - start, plan
+
+        run()  # encodes the weights, warms the workers
+        return run
 
     def sizes(self) -> list[dict[str, Any]]:
         """Bytes on the wire: one input and output ciphertext, the public contexts."""
@@ -368,9 +482,23 @@ class _Workload:
         ]
 
 
+def _interleaved(runs: dict[str, Any], rounds: int) -> dict[str, tuple[list[float], Any]]:
+    """Each callable once per round, the order rotating every round: `(seconds, plan)` each."""
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    plans: dict[str, Any] = {}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds, plan = runs[name]()
+            times[name].append(seconds)
+            plans[name] = plan
+    return {name: (times[name], plans[name]) for name in names}
+
+
 def _workload(kind: str, quick: bool) -> list[dict[str, Any]]:
     work = _Workload(kind, quick)
-    return work.latency() + work.throughput() + work.sizes() + work.accuracy()
+    full = work.full_batch() if kind == "mlp" else []
+    return work.latency() + work.throughput() + full + work.sizes() + work.accuracy()
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

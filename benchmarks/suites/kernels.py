@@ -1,55 +1,108 @@
 """Ring kernels and secure randomness: what every engine's arithmetic costs.
 
 Rows:
+- `machine`: the CPU model, cores and vector extensions (from /proc/cpuinfo),
+  library versions and thread counts: routes are measured, not assumed, so
+  the numbers only mean something next to the machine they came from.
 - `ring matmul MxKxN <library>/<route>`: exact int64 matmul mod 2^64 in ms,
-  against the float64 BLAS matmul of the same shape in the same library
-  (`baseline`, `ratio`) and in numpy (`numpy_float64_ms`,
-  `ratio_vs_numpy_float64`). `<route>` "auto" is what engines get (`route`
-  says where it went); the other routes show why auto picks what it picks.
-- `ring conv2d <shape> <library>/auto`: NHWC convolution mod 2^64 in ms,
-  against the library's float64 convolution.
+  against the float64 GEMM of the same shape in the same library
+  (`baseline`), timed in interleaved rounds in this process; `ratio` is the
+  median of the per-round ratios. Every route is shown; `<library>/auto` is
+  what engines get, and its `route`, `route_source`, `route_reason` and
+  `route_timings_ms` say what "auto" chose on this machine and why.
+  `limbs` splits both operands in every call; `limbs (weights kept)` keeps
+  the right operand's split between calls, as for a model's weights (and
+  "auto", called on the same operands every round, keeps it too).
+- `ring conv2d <case> <library>/<route>`: NHWC convolution mod 2^64, against
+  the library's float64 convolution.
+- `auto decision cost`: seconds the kernels spent timing routes in this
+  suite, per library (the whole cost of measured routes in a run).
 - `SecureStream.<kind>`: AES-CTR stream throughput in MB of output per
   second, against numpy's (non-cryptographic) PCG64 generator.
 
-Values are medians; `best_*` keys keep the fastest run, and
-`load_1min_before` the machine's load, since other processes stall
-multi-threaded BLAS on a 2-core box.
+torch runs on one thread (as the mpc suite and the issue's table do);
+numpy's BLAS and TensorFlow keep their defaults. The box may be shared with
+other processes: `load_1min_before` records the load, and ratios come from
+interleaved rounds in one process.
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import statistics
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from benchmarks.rows import row, timeit
+from benchmarks.rows import row
 
 SUITE = "kernels"
-MATMUL_SHAPES = ((128, 784, 128), (512, 512, 512))
-CONV_INPUT, CONV_KERNEL, CONV_STRIDES, CONV_PADDING = (16, 28, 28, 3), (3, 3, 3, 16), 1, "SAME"
-#: Matmul routes each library offers besides "auto".
-ROUTES = {
-    "numpy": ("native", "limbs"),
-    "torch": ("native", "limbs"),
-    "tensorflow": ("native", "limbs", "torch"),
-}
-#: numpy's int64 loop at 512^3 takes most of a second per call: once is enough.
-SLOW_ROUTES = {("numpy", "native", (512, 512, 512))}
+MATMUL_SHAPES = ((64, 784, 128), (128, 784, 128), (64, 128, 128), (512, 512, 512))
+#: (input NHWC, kernel HWIO, strides, padding): the LeNet convolutions and a 3-channel one.
+CONV_CASES = (
+    ((64, 28, 28, 1), (5, 5, 1, 6), 1, "VALID"),
+    ((64, 12, 12, 6), (5, 5, 6, 16), 1, "VALID"),
+    ((16, 28, 28, 3), (3, 3, 3, 16), 1, "SAME"),
+)
+#: numpy's int64 loop at 512^3 takes most of a second per call: fewer rounds there.
+SLOW = {("numpy", "native", (512, 512, 512))}
 
 
-def _median_and_best(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[float, float]:
-    """Median and fastest seconds of `fn()` over `repeat` timed runs (`rows.timeit` per run).
-
-    The median is the row's value; the fastest run is kept too, because other
-    processes on a small machine stall multi-threaded BLAS now and then.
-    """
-    for _ in range(warmup):
+def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each function per round, the functions taking turns within each round."""
+    for fn in fns.values():
         fn()
-    samples = sorted(timeit(fn, repeat=1, warmup=0) for _ in range(repeat))
-    return samples[len(samples) // 2], samples[0]
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def _time_rows(
+    case_prefix: str,
+    runs: dict[str, Callable],
+    baseline: Callable,
+    rounds: int,
+    baseline_case: str,
+    **extra,
+) -> list[dict]:
+    """One "time" row per run: median ms, the baseline's median, median per-round ratio."""
+    samples = _interleaved({**runs, "__baseline__": baseline}, rounds)
+    base = samples.pop("__baseline__")
+    rows = []
+    for name, values in samples.items():
+        ratios = [v / b for v, b in zip(values, base)]
+        r = row(
+            SUITE,
+            f"{case_prefix}/{name}",
+            "time",
+            1e3 * statistics.median(values),
+            "ms",
+            baseline=1e3 * statistics.median(base),
+            baseline_case=baseline_case,
+            best_ms=1e3 * min(values),
+            rounds=len(values),
+            **extra,
+        )
+        r["ratio"] = statistics.median(ratios)
+        rows.append(r)
+    return rows
+
+
+def _route_fields(choice) -> dict:
+    return {
+        "route": str(choice),
+        "route_source": choice.source,
+        "route_reason": choice.reason,
+        "route_timings_ms": choice.timings_ms,
+    }
 
 
 def _float_matmul(library: str, a: np.ndarray, b: np.ndarray) -> Callable[[], Any]:
@@ -67,52 +120,40 @@ def _float_matmul(library: str, a: np.ndarray, b: np.ndarray) -> Callable[[], An
     return lambda: np.matmul(a, b)
 
 
-def _float_conv(library: str, x: np.ndarray, kernel: np.ndarray) -> Callable[[], Any]:
+def _float_conv(library: str, x: np.ndarray, kernel: np.ndarray, strides: int, padding: str):
     """A zero-argument float64 convolution (NHWC, HWIO) in `library`."""
     if library == "torch":
         import torch
 
         tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         tk = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
-        return lambda: torch.nn.functional.conv2d(tx, tk, stride=CONV_STRIDES, padding="same")
+        pad = padding.lower()
+        return lambda: torch.nn.functional.conv2d(tx, tk, stride=strides, padding=pad)
     if library == "tensorflow":
         import tensorflow as tf
 
         tx, tk = tf.constant(x), tf.constant(kernel)
-        return lambda: tf.nn.conv2d(tx, tk, CONV_STRIDES, CONV_PADDING)
+        return lambda: tf.nn.conv2d(tx, tk, strides, padding)
     from privkeras.core.kernels import get_kernels
 
     numpy_kernels = get_kernels("numpy")
 
     def im2col_conv():  # what numpy users do: patches, then one BLAS GEMM
         n, c_out = x.shape[0], kernel.shape[-1]
-        patches = numpy_kernels.extract_patches(x, kernel.shape[:2], (1, 1), CONV_PADDING)
+        patches = numpy_kernels.extract_patches(x, kernel.shape[:2], (strides,) * 2, padding)
         cols = patches.reshape(-1, kernel.shape[0] * kernel.shape[1] * kernel.shape[2])
         return (cols @ kernel.reshape(cols.shape[1], c_out)).reshape(n, *patches.shape[1:3], c_out)
 
     return im2col_conv
 
 
-def _time_row(case: str, fn, baseline_fn, baseline_case: str, repeat: int, **extra) -> dict:
-    """A "time" row in ms: median as value, the baseline's median as baseline, plus best runs."""
-    median, best = _median_and_best(fn, repeat, warmup=1 if repeat > 1 else 0)
-    base_median, base_best = _median_and_best(baseline_fn, max(repeat, 3))
-    return row(
-        SUITE,
-        case,
-        "time",
-        1e3 * median,
-        "ms",
-        baseline=1e3 * base_median,
-        baseline_case=baseline_case,
-        best_ms=1e3 * best,
-        baseline_best_ms=1e3 * base_best,
-        best_ratio=best / base_best,
-        **extra,
-    )
+def _read_only(tensor, library: str):
+    if library == "numpy":
+        tensor.flags.writeable = False
+    return tensor
 
 
-def _matmul_rows(quick: bool, repeat: int) -> list[dict]:
+def _matmul_rows(rounds: int) -> list[dict]:
     from privkeras.core.kernels import KERNEL_LIBRARIES, get_kernels
     from privkeras.core.random import SecureStream
 
@@ -122,55 +163,89 @@ def _matmul_rows(quick: bool, repeat: int) -> list[dict]:
         shape = f"{m}x{k}x{n}"
         a, b = stream.ring((m, k)), stream.ring((k, n))
         fa, fb = stream.gaussian((m, k)), stream.gaussian((k, n))
-        numpy_float_ms, numpy_float_best_ms = (
-            1e3 * t for t in _median_and_best(_float_matmul("numpy", fa, fb), repeat)
-        )
         for library in KERNEL_LIBRARIES:
             auto = get_kernels(library)
             ta, tb = auto.from_numpy(a), auto.from_numpy(b)
-            for route in ("auto", *([] if quick else ROUTES[library])):
+            choice = auto.matmul_route(ta, tb)
+            runs = {"auto": lambda auto=auto, ta=ta, tb=tb: auto.matmul(ta, tb)}
+            for route in auto.matmul_candidates(ta, tb):
                 kernels = get_kernels(library, matmul_method=route)
-                slow = (library, route, (m, k, n)) in SLOW_ROUTES
-                r = _time_row(
-                    f"ring matmul {shape} {library}/{route}",
-                    partial(kernels.matmul, ta, tb),
-                    _float_matmul(library, fa, fb),
-                    f"float64 matmul {shape} {library}",
-                    1 if slow else repeat,
-                    route=kernels.matmul_route(ta, tb),
-                    numpy_float64_ms=numpy_float_ms,
-                    numpy_float64_best_ms=numpy_float_best_ms,
-                )
-                r["ratio_vs_numpy_float64"] = r["value"] / numpy_float_ms
-                rows.append(r)
+
+                def split_every_call(kernels=kernels, ta=ta, tb=tb):
+                    kernels.prepared.clear()  # nothing kept: both operands split in the call
+                    return kernels.matmul(ta, tb)
+
+                runs[route] = split_every_call
+                if route == "limbs":
+                    kept = _read_only(kernels.from_numpy(b), library)
+                    kernels.prepare(kept)
+                    runs["limbs (weights kept)"] = lambda kernels=kernels, ta=ta, kept=kept: (
+                        kernels.matmul(ta, kept)
+                    )
+            slow = any((library, r, (m, k, n)) in SLOW for r in runs)
+            rows += _time_rows(
+                f"ring matmul {shape} {library}",
+                runs,
+                _float_matmul(library, fa, fb),
+                max(3, rounds // 3) if slow else rounds,
+                f"float64 matmul {shape} {library}",
+                **_route_fields(choice),
+            )
     return rows
 
 
-def _conv_rows(repeat: int) -> list[dict]:
+def _conv_rows(rounds: int) -> list[dict]:
     from privkeras.core.kernels import KERNEL_LIBRARIES, get_kernels
     from privkeras.core.random import SecureStream
 
     stream = SecureStream(seed=1)
-    x, kernel = stream.ring(CONV_INPUT), stream.ring(CONV_KERNEL)
-    fx, fk = stream.gaussian(CONV_INPUT), stream.gaussian(CONV_KERNEL)
-    case = f"{'x'.join(map(str, CONV_INPUT))} * {'x'.join(map(str, CONV_KERNEL))} {CONV_PADDING}"
+    rows = []
+    for x_shape, k_shape, strides, padding in CONV_CASES:
+        x, kernel = stream.ring(x_shape), stream.ring(k_shape)
+        fx, fk = stream.gaussian(x_shape), stream.gaussian(k_shape)
+        case = f"{'x'.join(map(str, x_shape))} * {'x'.join(map(str, k_shape))} {padding}"
+        for library in KERNEL_LIBRARIES:
+            auto = get_kernels(library)
+            tx, tk = auto.from_numpy(x), _read_only(auto.from_numpy(kernel), library)
+            auto.prepare(tk)
+            choice = auto.conv2d_route(tx, tk, strides, padding)
+            runs = {"auto": partial(auto.conv2d, tx, tk, strides, padding)}
+            for route in auto.conv2d_candidates(tx, tk):
+                kernels = get_kernels(library, matmul_method=route)
+                kept = _read_only(kernels.from_numpy(kernel), library)
+                kernels.prepare(kept)
+                runs[route] = partial(kernels.conv2d, tx, kept, strides, padding)
+            rows += _time_rows(
+                f"ring conv2d {case} {library}",
+                runs,
+                _float_conv(library, fx, fk, strides, padding),
+                max(3, rounds // 3) if library == "numpy" else rounds,
+                f"float64 conv2d {case} {library}",
+                **_route_fields(choice),
+            )
+    return rows
+
+
+def _decision_rows() -> list[dict]:
+    from privkeras.core.kernels import KERNEL_LIBRARIES, get_kernels
+
     rows = []
     for library in KERNEL_LIBRARIES:
-        kernels = get_kernels(library)
-        tx, tk = kernels.from_numpy(x), kernels.from_numpy(kernel)
+        table = get_kernels(library).routes
         rows.append(
-            _time_row(
-                f"ring conv2d {case} {library}/auto",
-                partial(kernels.conv2d, tx, tk, CONV_STRIDES, CONV_PADDING),
-                _float_conv(library, fx, fk),
-                f"float64 conv2d {case} {library}",
-                repeat,
+            row(
+                SUITE,
+                f"auto decision cost {library}",
+                "time",
+                table.seconds_measuring,
+                "s",
+                decisions=len(table.decisions()),
             )
         )
     return rows
 
 
-def _stream_rows(quick: bool, repeat: int) -> list[dict]:
+def _stream_rows(quick: bool, rounds: int) -> list[dict]:
     from privkeras.core.random import SecureStream
 
     size = 1 << (18 if quick else 21)
@@ -183,8 +258,8 @@ def _stream_rows(quick: bool, repeat: int) -> list[dict]:
     }
     rows = []
     for kind, (secure, plain) in draws.items():
-        median, best = _median_and_best(secure, repeat)
-        base_median, base_best = _median_and_best(plain, repeat)
+        samples = _interleaved({"secure": secure, "plain": plain}, rounds)
+        median, base = statistics.median(samples["secure"]), statistics.median(samples["plain"])
         rows.append(
             row(
                 SUITE,
@@ -192,21 +267,48 @@ def _stream_rows(quick: bool, repeat: int) -> list[dict]:
                 "throughput",
                 megabytes / median,
                 "MB/s",
-                baseline=megabytes / base_median,
+                baseline=megabytes / base,
                 baseline_case=f"numpy PCG64 {kind} (not cryptographic)",
-                best_mb_per_s=megabytes / best,
-                baseline_best_mb_per_s=megabytes / base_best,
             )
         )
     return rows
 
 
+def _machine_row() -> dict:
+    import tensorflow as tf
+    import torch
+
+    from privkeras.core.kernels.routes import cpu_info
+
+    info = cpu_info()
+    return row(
+        SUITE,
+        "machine",
+        "cores",
+        info["cores"],
+        "cores",
+        cpu_model=info["model"],
+        vector_extensions=info["vector_extensions"],
+        platform=platform.platform(),
+        numpy=np.__version__,
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        tensorflow=tf.__version__,
+        note="box shared with other processes; ratios from interleaved rounds in one process",
+    )
+
+
 def run(quick: bool) -> list[dict]:
-    """All kernel rows; `quick` keeps the shapes but times fewer repeats and routes."""
+    """All kernel rows; `quick` keeps the shapes and routes but times fewer rounds."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    repeat = 3 if quick else 15
+    import torch
+
+    torch.set_num_threads(1)
+    rounds = 3 if quick else 11
     load_before = os.getloadavg()[0]  # other processes on the box stall multi-threaded BLAS
-    rows = [*_matmul_rows(quick, repeat), *_conv_rows(repeat), *_stream_rows(quick, repeat)]
+    rows = [_machine_row(), *_matmul_rows(rounds), *_conv_rows(rounds)]
+    rows += [*_decision_rows(), *_stream_rows(quick, rounds)]
     for r in rows:
         r["load_1min_before"] = round(load_before, 2)
     return rows

@@ -7,6 +7,7 @@ through `privkeras.backends.registry` alone.
 
 from privkeras.backends import (
     dpsgd,  # noqa: F401  (registers the DP-SGD engine)
+    federated,  # noqa: F401  (registers the federated engine)
     he,  # noqa: F401  (registers the HE engine)
     mpc,  # noqa: F401  (registers the MPC engines)
     plaintext,  # noqa: F401  (registers the engine)

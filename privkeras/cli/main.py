@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from privkeras.cli import demo
+from privkeras.cli import certs, demo
+from privkeras.net import echo as net_echo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     demo.add_parser(sub)
+    certs.add_parser(sub)
+    net_echo.add_parser(sub)  # hidden: transport tests and benchmarks
     return parser
 
 

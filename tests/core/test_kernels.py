@@ -343,3 +343,33 @@ def test_get_kernels_rejects_unknown_library_and_method():
     ):
         get_kernels("numpy", matmul_method="fast")
     assert get_kernels("numpy") is get_kernels("numpy")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        (0,),
+        (slice(None), 1),
+        (Ellipsis, slice(1, 3)),
+        (Ellipsis, slice(0, 2), slice(None)),
+        (1, Ellipsis, 2),
+        (slice(0, None, 2),),
+        1,
+        (slice(5, 9),),
+        (Ellipsis,),
+        (-1,),
+    ],
+)
+def test_getitem_agrees_on_every_library(key):
+    a = np.arange(2 * 3 * 4 * 5, dtype=np.int64).reshape(2, 3, 4, 5) - 60
+    for name in KERNEL_LIBRARIES:
+        k = get_kernels(name)
+        np.testing.assert_array_equal(k.to_numpy(k.getitem(k.from_numpy(a), key)), a[key])
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 1), (3, 3)])
+def test_extract_patches_agree_on_every_library(padding, strides):
+    x = np.random.default_rng(1).integers(INT64_MIN, INT64_MAX, (2, 7, 6, 3), dtype=np.int64)
+    results = on_every_library(lambda k, p: k.extract_patches(p, (3, 2), strides, padding), x)
+    assert_all_equal(results, get_kernels("numpy").extract_patches(x, (3, 2), strides, padding))

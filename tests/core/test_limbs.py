@@ -1,5 +1,6 @@
 """The exact float64-limb matmul: bit-identical to int64 matmul on every library,
-at the float64 exactness bound, across depth chunks, and on every matmul route."""
+at the float64 exactness bounds (schoolbook and Karatsuba), across depth chunks,
+with kept (prepared) splits, and on every matmul route."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from privkeras.core.kernels import KERNEL_LIBRARIES, MAX_EXACT_DEPTH, get_kernels
-from privkeras.core.kernels.limbs import LIMB_BITS, LIMB_SHIFTS, split_limbs
+from privkeras.core.kernels.limbs import (
+    GEMM_TERMS,
+    KARATSUBA_MAX_DEPTH,
+    LIMB_BITS,
+    LIMB_SHIFTS,
+    check_exact_depth,
+    limb_matmul_exact,
+    signed_limbs,
+    split_limbs,
+)
 from privkeras.core.kernels.tensorflow import TensorFlowKernels
 from privkeras.core.kernels.torch import TorchKernels
 
@@ -55,6 +65,22 @@ def test_limb_bound_constants():
     # (1, 2) has weight 2^(22 + 43) = 2^65: it vanishes mod 2^64, (1, 1) at 2^44 does not.
     assert LIMB_SHIFTS[1] + LIMB_SHIFTS[2] >= 64 > 2 * LIMB_SHIFTS[1]
     assert MAX_EXACT_DEPTH * 2 ** (2 * (LIMB_BITS[0] - 1)) == 2**53
+    # Karatsuba's (A0 + A1)(B0 + B1) reaches (2^21 + 2^20)^2 = 9 * 2^40 per step of depth.
+    assert max(GEMM_TERMS["karatsuba"].values()) == 9 * 2**40
+    assert KARATSUBA_MAX_DEPTH == 910
+    assert KARATSUBA_MAX_DEPTH * 9 * 2**40 <= 2**53 < (KARATSUBA_MAX_DEPTH + 1) * 9 * 2**40
+
+
+def test_exact_depth_is_checked_before_a_route_runs():
+    check_exact_depth(KARATSUBA_MAX_DEPTH)
+    check_exact_depth(MAX_EXACT_DEPTH, "schoolbook")
+    with pytest.raises(ValueError, match=r"Expected a limb GEMM depth of at most 910"):
+        check_exact_depth(KARATSUBA_MAX_DEPTH + 1)
+    with pytest.raises(ValueError, match=r"at most 2048 for the schoolbook route"):
+        check_exact_depth(MAX_EXACT_DEPTH + 1, "schoolbook")
+    k = get_kernels("numpy")
+    with pytest.raises(ValueError, match="at most 2048"):
+        limb_matmul_exact(k, k.zeros((1, MAX_EXACT_DEPTH + 1)), k.zeros((MAX_EXACT_DEPTH + 1, 1)))
 
 
 @pytest.mark.parametrize("name", KERNEL_LIBRARIES)
@@ -68,6 +94,13 @@ def test_split_limbs_rebuilds_values_within_limb_ranges(name):
     )
     k = get_kernels(name)
     limbs = [np.array(limb, dtype=np.float64) for limb in split_limbs(k, k.from_numpy(a))]
+    fused = k._split_for_limbs(k.from_numpy(a.reshape(1, -1)), "left", KARATSUBA_MAX_DEPTH)
+    batched = np.array(fused.batched[0], dtype=np.float64)[:, 0]
+    np.testing.assert_array_equal(batched[0], limbs[0])  # the library's fused split agrees
+    np.testing.assert_array_equal(batched[1], limbs[1])
+    np.testing.assert_array_equal(batched[2], limbs[0] + limbs[1])
+    ints = [np.array(k.to_numpy(limb)) for limb in signed_limbs(k, k.from_numpy(a))]
+    np.testing.assert_array_equal(np.stack(ints).astype(np.float64), np.stack(limbs))
     for limb, width in zip(limbs, LIMB_BITS):
         assert np.all(limb == np.round(limb))
         assert limb.min() >= -(2 ** (width - 1)) and limb.max() < 2 ** (width - 1)
@@ -154,6 +187,24 @@ def test_limbs_chunk_where_one_float64_gemm_would_round():
         np.testing.assert_array_equal(result, expected, err_msg=name)
 
 
+def test_karatsuba_chunks_where_one_gemm_would_round():
+    # (A0 + A1) = -(2^21 + 2^20) in every element: 910 steps of 9 * 2^40 stay within 2^53,
+    # one more step of depth and an odd product would not be exact in one GEMM.
+    value = limb_value((-(2**21), -(2**20), 0))
+    depth = KARATSUBA_MAX_DEPTH + 1
+    a = np.full((2, depth), value, dtype=np.int64)
+    a[1, -1] = 1
+    b = np.ascontiguousarray(a.T)
+    expected = python_matmul(a, b)
+    np.testing.assert_array_equal(np.matmul(a, b), expected)
+    for name, result in matmul_limbs_everywhere(a, b).items():
+        np.testing.assert_array_equal(result, expected, err_msg=name)
+    for name in KERNEL_LIBRARIES:
+        k = get_kernels(name)
+        schoolbook = k.to_numpy(limb_matmul_exact(k, k.from_numpy(a), k.from_numpy(b)))
+        np.testing.assert_array_equal(schoolbook, expected, err_msg=f"schoolbook {name}")
+
+
 def test_depth_chunk_is_validated():
     k = get_kernels("numpy")
     a = k.zeros((2, 2))
@@ -162,7 +213,7 @@ def test_depth_chunk_is_validated():
             k.matmul_limbs(a, a, depth_chunk=bad)
 
 
-def test_numpy_limb_results_do_not_alias_scratch_buffers():
+def test_numpy_limb_results_do_not_alias_kept_buffers():
     k = get_kernels("numpy", matmul_method="limbs")
     rng = np.random.default_rng(2)
     a, b = (rng.integers(INT64_MIN, INT64_MAX, (40, 40), dtype=np.int64) for _ in range(2))
@@ -196,15 +247,17 @@ def test_numpy_limbs_are_thread_safe():
         np.testing.assert_array_equal(result, np.matmul(a, b))
 
 
-def test_auto_routes_follow_the_measured_policy():
+def test_static_routes_apply_when_measurement_is_off(monkeypatch):
+    monkeypatch.setenv("PRIVKERAS_ROUTE_CACHE", "off")
     numpy_kernels = get_kernels("numpy")
 
     def route(m, k, n):
         return numpy_kernels.matmul_route(np.zeros((m, k), np.int64), np.zeros((k, n), np.int64))
 
     assert route(512, 512, 512) == route(128, 784, 128) == "limbs"
-    assert route(8, 8, 8) == "native"  # too small for six GEMMs to pay
+    assert route(8, 8, 8) == "native"  # too small for the GEMMs to pay
     assert route(12544, 27, 16) == "native"  # im2col of 3 channels: too thin to split
+    assert route(8, 8, 8).source == "static"
     assert (
         get_kernels("numpy", matmul_method="native").matmul_route(
             np.zeros((512, 512), np.int64), np.zeros((512, 512), np.int64)
@@ -222,7 +275,85 @@ def test_torch_cpu_limb_route_matches_native():
     np.testing.assert_array_equal(
         out, native.to_numpy(native.matmul(native.from_numpy(a), native.from_numpy(b)))
     )
-    assert TorchKernels().matmul_route(limbs.from_numpy(a), limbs.from_numpy(b)) == "native"
+    auto = TorchKernels()
+    choice = auto.matmul_route(limbs.from_numpy(a), limbs.from_numpy(b))
+    assert choice in ("native", "limbs") and choice.source == "measured"
+
+
+def test_kept_splits_give_the_same_bits_and_follow_in_place_writes():
+    rng = np.random.default_rng(7)
+    a = rng.integers(INT64_MIN, INT64_MAX, (5, 40), dtype=np.int64)
+    b = rng.integers(INT64_MIN, INT64_MAX, (40, 3), dtype=np.int64)
+    k = TorchKernels(matmul_method="limbs")
+    ta, tb = k.from_numpy(a), k.from_numpy(b)
+    for _ in range(3):  # first product splits, the second keeps, the third reuses
+        np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), np.matmul(a, b))
+    assert k.prepared.hits >= 2 and len(k.prepared) == 2
+    tb.add_(1)  # an in-place write: the kept split must not be used
+    np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), np.matmul(a, b + 1))
+    np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), np.matmul(a, b + 1))
+    tb[..., :2].mul_(-3)  # through a view
+    expected = np.matmul(a, k.to_numpy(tb))
+    np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), expected)
+    del tb
+    import gc
+
+    gc.collect()
+    assert len(k.prepared) == 1  # the dead tensor's split went with it; ta's stays
+
+
+def test_numpy_keeps_splits_of_read_only_arrays_only():
+    rng = np.random.default_rng(8)
+    a = rng.integers(INT64_MIN, INT64_MAX, (4, 30), dtype=np.int64)
+    b = rng.integers(INT64_MIN, INT64_MAX, (30, 6), dtype=np.int64)
+    k = get_kernels("numpy", matmul_method="limbs")
+    k.prepared.clear()
+    for _ in range(3):
+        k.matmul(a, b)
+    assert len(k.prepared) == 0  # writeable arrays could change under a kept split
+    b.flags.writeable = False
+    for _ in range(3):
+        np.testing.assert_array_equal(k.matmul(a, b), np.matmul(a, b))
+    assert len(k.prepared) == 1
+    base_writeable = np.arange(6, dtype=np.int64)
+    read_only_view = base_writeable[:]
+    read_only_view.flags.writeable = False
+    assert k._operand_version(read_only_view) is None  # its base can still be written
+
+
+@pytest.mark.parametrize("name", KERNEL_LIBRARIES)
+def test_prepare_keeps_the_split_from_the_first_product(name):
+    rng = np.random.default_rng(9)
+    a = rng.integers(INT64_MIN, INT64_MAX, (2, 3, 50), dtype=np.int64)
+    w = rng.integers(INT64_MIN, INT64_MAX, (50, 7), dtype=np.int64)
+    k = get_kernels(name, matmul_method="limbs")
+    tw = k.from_numpy(w)
+    if name == "numpy":
+        tw.flags.writeable = False
+    k.prepared.clear()
+    assert k.prepare(tw) is tw
+    out = k.matmul(k.from_numpy(a), tw)
+    assert len(k.prepared) == 1  # kept on first use
+    np.testing.assert_array_equal(k.to_numpy(out), np.matmul(a, w))
+    np.testing.assert_array_equal(k.to_numpy(k.matmul(k.from_numpy(a), tw)), np.matmul(a, w))
+
+
+def test_limbs_module_uses_only_the_public_kernel_interface():
+    import ast
+    import inspect
+
+    from privkeras.core.kernels import limbs
+
+    tree = ast.parse(inspect.getsource(limbs))
+    private = [
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("k", "kernels")
+        and node.attr.startswith("_")
+    ]
+    assert private == []
 
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA device")
@@ -252,12 +383,12 @@ def test_tensorflow_routes_agree_in_eager_and_graph_mode():
     expected = np.matmul(a, b)
     auto = TensorFlowKernels()
     ta, tb = auto.from_numpy(a), auto.from_numpy(b)
-    assert auto.matmul_route(ta, tb) == "torch"
+    assert auto.matmul_route(ta, tb) in ("native", "limbs")  # TensorFlow's own ops only
     for method in ("auto", "native", "limbs", "torch"):
         k = TensorFlowKernels(matmul_method=method)
         np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), expected, err_msg=method)
     for method in ("auto", "native", "limbs"):
-        k = TensorFlowKernels(matmul_method=method)
+        k = auto if method == "auto" else TensorFlowKernels(matmul_method=method)
         graph_matmul = tf.function(k.matmul, autograph=False)
         np.testing.assert_array_equal(
             graph_matmul(ta, tb).numpy(), expected, err_msg=f"graph {method}"

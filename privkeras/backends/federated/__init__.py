@@ -1,5 +1,12 @@
 """The federated engine: training on remote data owners whose rows never leave them.
 
-Coordinator, aggregation strategies (FedAvg family), client-level DP with an
-accountant, and secure aggregation (`secagg`). See docs/policies/federated.md.
+Coordinator (`coordinator`), owners (`owner`: rows, rules, ledger), the
+owner protocol and its transports (`protocol`, `wire`), aggregation
+(`aggregation`; secure aggregation in `secagg`), server optimizers (FedAvg
+family), client-level DP accounting (`accounting`). See docs/policies/federated.md.
 """
+
+from privkeras.backends.federated.data import DataOwner, FederatedData
+from privkeras.backends.federated.engine import FederatedEngine
+
+__all__ = ["DataOwner", "FederatedData", "FederatedEngine"]

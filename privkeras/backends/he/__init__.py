@@ -10,6 +10,9 @@ separate objects even in one process:
 The engine chooses CKKS parameters from the model's depth, and for each batch
 the packing (`SlotLayout`) with the lowest estimated cost: many samples per
 ciphertext for throughput, one sample per ciphertext group for latency.
+Independent ciphertext groups run on every core (`EvaluationPool`). Every
+object that crosses between the roles has `to_bytes` / `from_bytes`, and
+every `from_bytes` is a strict parse (`HEInputError` for malformed bytes).
 """
 
 from privkeras.backends.he.client import HEClient
@@ -21,15 +24,18 @@ from privkeras.backends.he.errors import (
     HEInputError,
     SecretKeyError,
 )
+from privkeras.backends.he.parallel import EvaluationPool
 from privkeras.backends.he.params import CKKSParameters, select_parameters
 from privkeras.backends.he.program import HEGraph, PackingSpec
-from privkeras.backends.he.server import HEServer
+from privkeras.backends.he.server import ExecutionPlan, HEServer
 
 __all__ = [
     "CKKSParameters",
     "ContextMismatchError",
     "DepthExceededError",
     "EncryptedBatch",
+    "EvaluationPool",
+    "ExecutionPlan",
     "HEClient",
     "HEEngine",
     "HEGraph",

@@ -18,7 +18,6 @@ attacker: a malicious party can always forge metadata.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import math
@@ -41,7 +40,15 @@ from privkeras.backends.he.wire import (
     unpack_message,
 )
 
-__all__ = ["EncryptedBatch", "PublicContext", "galois_elements", "key_fingerprint", "seal_context"]
+__all__ = [
+    "EncryptedBatch",
+    "PublicContext",
+    "galois_elements",
+    "key_fingerprint",
+    "load_ciphertexts",
+    "received_seal_context",
+    "seal_context",
+]
 
 _SECURITY = {128: "TC128", 192: "TC192", 256: "TC256"}
 
@@ -266,23 +273,64 @@ _BATCH_FIELDS = {
 }
 
 
-@dataclasses.dataclass(eq=False)
 class EncryptedBatch:
     """Ciphertexts of up to `spec.block` samples, laid out by a `PackingSpec`.
 
     Args:
-        ciphertexts: SEAL ciphertexts.
+        ciphertexts: SEAL ciphertexts (None when `serialized` is given and
+            loading is left until they are needed).
         n_samples: Number of real samples packed.
         role: `"inputs"` (from a client) or `"outputs"` (from a server).
         spec_id: Fingerprint of the `PackingSpec` that laid them out.
         context_id: Fingerprint of the key pair they are encrypted under.
+        serialized: The ciphertexts in SEAL's format as received, which an
+            `EvaluationPool` forwards to its workers as they are.
     """
 
-    ciphertexts: list[Any]
-    n_samples: int
-    role: str
-    spec_id: str
-    context_id: str
+    def __init__(
+        self,
+        ciphertexts: list[Any] | None,
+        n_samples: int,
+        role: str,
+        spec_id: str,
+        context_id: str,
+        serialized: list[bytes] | None = None,
+        parameters: CKKSParameters | None = None,
+    ):
+        if ciphertexts is None and (serialized is None or parameters is None):
+            raise ValueError("Expected ciphertexts, or serialized ones and their parameters.")
+        self._ciphertexts = None if ciphertexts is None else list(ciphertexts)
+        self.n_samples, self.role = n_samples, role
+        self.spec_id, self.context_id = spec_id, context_id
+        self.serialized = serialized
+        self._parameters = parameters
+
+    @property
+    def ciphertexts(self) -> list[Any]:
+        """The SEAL ciphertexts, loaded and checked on first use when received unloaded.
+
+        Raises:
+            HEInputError: For serialized ciphertexts that do not load or are
+                not what their role needs (see `from_bytes`).
+        """
+        if self._ciphertexts is None:
+            self._ciphertexts = load_ciphertexts(self.serialized, self.role, self._parameters)
+        return self._ciphertexts
+
+    @property
+    def n_ciphertexts(self) -> int:
+        return len(self._ciphertexts if self._ciphertexts is not None else self.serialized)
+
+    @property
+    def loaded(self) -> bool:
+        return self._ciphertexts is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"EncryptedBatch(role={self.role!r}, n_samples={self.n_samples}, "
+            f"ciphertexts={self.n_ciphertexts}, spec_id={self.spec_id!r}, "
+            f"context_id={self.context_id!r})"
+        )
 
     def to_bytes(self) -> bytes:
         header = {
@@ -291,23 +339,33 @@ class EncryptedBatch:
             "spec_id": self.spec_id,
             "context_id": self.context_id,
         }
-        return pack_message("ciphertexts", header, [seal_to_bytes(ct) for ct in self.ciphertexts])
+        blobs = self.serialized
+        if blobs is None:
+            blobs = [seal_to_bytes(ct) for ct in self.ciphertexts]
+        return pack_message("ciphertexts", header, blobs)
 
     @classmethod
-    def from_bytes(cls, data: bytes, context: Any) -> EncryptedBatch:
-        """Loads ciphertexts for `context` (a `PublicContext` or an `HEClient`).
+    def from_bytes(cls, data: bytes, context: Any, load: bool = True) -> EncryptedBatch:
+        """Reads ciphertexts for `context` (a `PublicContext` or an `HEClient`).
 
         Inputs must be fresh: two polynomials, at the top level, at the
         parameters' scale. Outputs must be two-polynomial ciphertexts at a
         usable scale.
+
+        Args:
+            data: The bytes received.
+            context: The receiver's `PublicContext` or `HEClient`.
+            load: Load (and check) the SEAL ciphertexts now. With False only
+                the message is checked here; the ciphertexts are loaded and
+                checked where they are used: on first access to
+                `ciphertexts`, or by the `EvaluationPool` worker that
+                evaluates them (which then raises the same `HEInputError`).
 
         Raises:
             HEInputError: For bytes that are not well-formed ciphertexts for
                 these parameters (see `wire.unpack_message`).
             ContextMismatchError: When they were encrypted under another key pair.
         """
-        import tenseal.sealapi as sealapi
-
         meta, blobs = unpack_message(data, "ciphertexts", _BATCH_FIELDS, blobs=(1, MAX_BLOBS))
         parameters = context.parameters
         if meta["n_samples"] > parameters.slots:
@@ -320,11 +378,34 @@ class EncryptedBatch:
                 f"Expected ciphertexts under context {context.fingerprint}. Received: "
                 f"ciphertexts under context {meta['context_id']} (another key pair)"
             )
-        context_data = seal_context(parameters)
-        cts = [seal_from_bytes(sealapi.Ciphertext, context_data, blob) for blob in blobs]
-        for index, ct in enumerate(cts):
-            _check_received_ciphertext(ct, index, meta["role"], parameters, context_data)
-        return cls(cts, meta["n_samples"], meta["role"], meta["spec_id"], meta["context_id"])
+        batch = cls(
+            None,
+            meta["n_samples"],
+            meta["role"],
+            meta["spec_id"],
+            meta["context_id"],
+            serialized=blobs,
+            parameters=parameters,
+        )
+        if load:
+            batch.ciphertexts  # noqa: B018 - loads and checks them now
+        return batch
+
+
+def load_ciphertexts(blobs: list[bytes], role: str, parameters: CKKSParameters) -> list[Any]:
+    """SEAL ciphertexts from their serialized form, each checked for its role.
+
+    Raises:
+        HEInputError: For bytes SEAL rejects, or ciphertexts that are not
+            fresh (inputs) or not relinearized at a usable scale (outputs).
+    """
+    import tenseal.sealapi as sealapi
+
+    context_data = seal_context(parameters)
+    cts = [seal_from_bytes(sealapi.Ciphertext, context_data, blob) for blob in blobs]
+    for index, ct in enumerate(cts):
+        _check_received_ciphertext(ct, index, role, parameters, context_data)
+    return cts
 
 
 def _check_received_ciphertext(

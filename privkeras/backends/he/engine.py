@@ -14,10 +14,12 @@ import numpy as np
 from privkeras.backends import keras_loop
 from privkeras.backends.base import Engine
 from privkeras.backends.he.client import HEClient
+from privkeras.backends.he.context import EncryptedBatch
 from privkeras.backends.he.errors import HEInputError
 from privkeras.backends.he.layout import next_power_of_two
+from privkeras.backends.he.parallel import EvaluationPool, available_cores
 from privkeras.backends.he.params import CKKSParameters
-from privkeras.backends.he.server import HEServer
+from privkeras.backends.he.server import ExecutionPlan, HEServer
 from privkeras.backends.registry import register_engine
 from privkeras.errors import CapabilityError
 from privkeras.layers.polynomial import PolynomialActivation
@@ -33,8 +35,14 @@ class HEEngine(Engine):
     machines: an `HEClient` (secret key) encrypts the inputs and decrypts the
     outputs; an `HEServer` (model and public context only) computes. The
     parameters follow from the model's depth at `compile` time; the packing
-    follows from the number of samples (`HEServer.choose_block`), or from
+    follows from the number of samples (`HEServer.plan`), or from
     `batch_size` when given.
+
+    When a batch spans several ciphertext groups and the cost model says it
+    pays (pool start-up included), the server evaluates the groups on every
+    core (`EvaluationPool`, started on first use) while this process
+    encrypts the next ones, exactly as a remote client and server would:
+    ciphertexts cross as bytes. `max_workers` caps the workers (1: never).
 
     Training is not encrypted: train in plaintext (`compile()` without
     `privacy`, or with `privacy=None`), then `compile(privacy="he")`.
@@ -49,6 +57,8 @@ class HEEngine(Engine):
         self._server: HEServer | None = None
         self._server_key: str | None = None
         self._clients: dict[CKKSParameters, HEClient] = {}
+        self._pool: EvaluationPool | None = None
+        self.max_workers: int | None = None
         self.last_run: dict[str, Any] = {}
 
     # -- roles -----------------------------------------------------------------------------
@@ -61,8 +71,20 @@ class HEEngine(Engine):
         """The server role for the model's current weights (rebuilt when they change)."""
         key = _weights_key(model)
         if self._server is None or key != self._server_key:
-            self._server, self._server_key = HEServer(model, self.policy), key
+            self._server, self._server_key = HEServer(model, self.policy, pool=self.pool()), key
+        self._server.pool = self.pool()
         return self._server
+
+    def pool(self) -> EvaluationPool | None:
+        """The server's evaluation pool (processes start on first parallel use), or None."""
+        workers = min(available_cores(), self.max_workers or available_cores())
+        if workers <= 1:
+            return None
+        if self._pool is None or self._pool.workers != workers:
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = EvaluationPool(workers)
+        return self._pool
 
     def client(self, parameters: CKKSParameters) -> HEClient:
         """The client role (key owner) for a parameter set, created once."""
@@ -71,18 +93,21 @@ class HEEngine(Engine):
         return self._clients[parameters]
 
     # -- inference ---------------------------------------------------------------------------
-    def grouping(self, model: Any, n_samples: int, batch_size: int | None) -> tuple[int, int]:
-        """(block, rows per encrypted group) for `n_samples` rows."""
+    def grouping(
+        self, model: Any, n_samples: int, batch_size: int | None
+    ) -> tuple[ExecutionPlan, int]:
+        """(plan, rows per encrypted group) for `n_samples` rows."""
         server = self.server(model)
         if batch_size is None:
-            block = server.choose_block(n_samples)
-            return block, block
+            plan = server.plan(n_samples)
+            return plan, plan.block
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise HEInputError(
                 f"Expected batch_size to be a positive integer or None. Received: {batch_size!r}"
             )
         block = min(next_power_of_two(batch_size), server.parameters.slots)
-        return block, min(batch_size, block)
+        chunk = min(batch_size, block)
+        return server.plan(math.ceil(n_samples / chunk) * block, block=block), chunk
 
     def encrypted_outputs(
         self, model: Any, x: np.ndarray, batch_size: int | None = None, on_batch: Any = None
@@ -91,31 +116,49 @@ class HEEngine(Engine):
         server = self.server(model)
         x = _validated(x, server.graph.input_shape)
         _warn_outside_fitted_ranges(model, x)
-        block, chunk = self.grouping(model, len(x), batch_size)
-        spec = server.packing(block=block)
+        plan, chunk = self.grouping(model, len(x), batch_size)
+        spec = server.packing(block=plan.block)
         client = self.client(spec.parameters)
         public = client.public_context(spec)
         timings = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
+        starts = range(0, len(x), chunk)
+
+        def encrypted() -> Any:
+            for step, start in enumerate(starts):
+                if on_batch is not None:
+                    on_batch("begin", step, None)
+                t0 = time.perf_counter()
+                if plan.parallel:  # as bytes, the way a remote client sends them
+                    data = client.encrypt_to_bytes(x[start : start + chunk], spec)
+                    batch = EncryptedBatch.from_bytes(data, public, load=False)  # workers load
+                else:
+                    batch = client.encrypt(x[start : start + chunk], spec)
+                timings["encrypt"] += time.perf_counter() - t0
+                yield batch
+
         outputs = []
-        for step, start in enumerate(range(0, len(x), chunk)):
-            if on_batch is not None:
-                on_batch("begin", step, None)
+        began = time.perf_counter()
+        results = (
+            server.evaluate_many(encrypted(), public)
+            if plan.parallel
+            else (server.evaluate(batch, public) for batch in encrypted())
+        )
+        for step, result in enumerate(results):
             t0 = time.perf_counter()
-            encrypted = client.encrypt(x[start : start + chunk], spec)
-            t1 = time.perf_counter()
-            result = server.evaluate(encrypted, public)
-            t2 = time.perf_counter()
             y = client.decrypt(result, spec).astype(np.float32)
-            t3 = time.perf_counter()
-            for phase, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2)):
-                timings[phase] += seconds
+            timings["decrypt"] += time.perf_counter() - t0
             outputs.append(y)
             if on_batch is not None:
                 on_batch("end", step, y)
+        wall = time.perf_counter() - began
+        timings["evaluate"] = wall - timings["encrypt"] - timings["decrypt"]
         self.last_run = {
             "samples": len(x),
-            "block": block,
+            "block": plan.block,
             "groups": len(outputs),
+            "workers": plan.workers,
+            "executor": self._pool.executor if plan.parallel else "in-process",
+            "wall_seconds": wall,
             **{f"{phase}_seconds": seconds for phase, seconds in timings.items()},
         }
         return np.concatenate(outputs, axis=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 from typing import Any
@@ -29,7 +30,14 @@ from privkeras.backends.he.layout import SlotLayout
 from privkeras.backends.he.linear_transform import LinearTransform
 from privkeras.backends.he.params import CKKSParameters
 from privkeras.backends.he.polynomial import PolynomialEvaluator
-from privkeras.backends.he.steps import AffineStep, PolynomialStep, Step, optimize, step_depth
+from privkeras.backends.he.steps import (
+    AffineStep,
+    Im2col,
+    PolynomialStep,
+    Step,
+    optimize,
+    step_depth,
+)
 from privkeras.backends.he.wire import (
     FieldError,
     ckks_parameters,
@@ -119,6 +127,92 @@ class HEGraph:
     def pack(self, slots: int, block: int, zero_threshold: float = 0.0) -> PackedProgram:
         return PackedProgram(self, slots, block, zero_threshold)
 
+    def to_bytes(self) -> bytes:
+        """The steps as a `graph` message: weights as `.npy` blobs, never a pickle.
+
+        This is the server's own material (the weights): it is what the
+        server's worker processes receive, never what a client does.
+        """
+        steps, blobs = [], []
+        for step in self.steps:
+            if isinstance(step, AffineStep):
+                arrays = [step.matrix, step.bias]
+                if step.im2col is not None:
+                    arrays += [step.im2col.gather, step.im2col.kernel, step.im2col.bias]
+                entry = {
+                    "type": "affine",
+                    "in_shape": list(step.in_shape),
+                    "out_shape": list(step.out_shape),
+                    "layers": list(step.layers),
+                    "im2col": step.im2col is not None,
+                }
+            else:
+                arrays = [step.coefficients]
+                entry = {
+                    "type": "polynomial",
+                    "shape": list(step.shape),
+                    "layer": step.layer,
+                    "input_range": None if step.input_range is None else list(step.input_range),
+                }
+            steps.append(entry)
+            blobs += [_npy_bytes(array) for array in arrays]
+        header = {
+            "steps": steps,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+        }
+        return pack_message("graph", header, blobs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HEGraph:
+        """The graph of `to_bytes` (read by the server's own workers)."""
+        fields = {"steps": list, "input_shape": list, "output_shape": list}
+        meta, blobs = unpack_message(data, "graph", {k: _of_type(t) for k, t in fields.items()})
+        arrays = iter([np.load(io.BytesIO(blob), allow_pickle=False) for blob in blobs])
+        steps: list[Step] = []
+        for entry in meta["steps"]:
+            if entry["type"] == "affine":
+                matrix, bias = next(arrays), next(arrays)
+                im2col = (
+                    Im2col(next(arrays), next(arrays), next(arrays)) if entry["im2col"] else None
+                )
+                steps.append(
+                    AffineStep(
+                        matrix,
+                        bias,
+                        tuple(entry["in_shape"]),
+                        tuple(entry["out_shape"]),
+                        tuple(entry["layers"]),
+                        im2col,
+                    )
+                )
+            else:
+                input_range = entry["input_range"]
+                steps.append(
+                    PolynomialStep(
+                        next(arrays),
+                        tuple(entry["shape"]),
+                        entry["layer"],
+                        None if input_range is None else tuple(input_range),
+                    )
+                )
+        return cls(steps, tuple(meta["input_shape"]), tuple(meta["output_shape"]))
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _of_type(kind: type):
+    def check(value: Any) -> Any:
+        if not isinstance(value, kind):
+            raise FieldError(f"a JSON {kind.__name__}")
+        return value
+
+    return check
+
 
 class PackedProgram:
     """An `HEGraph` laid out for `block` samples per block of `slots`-slot ciphertexts."""
@@ -127,6 +221,7 @@ class PackedProgram:
         if block < 1 or block > slots or block & (block - 1):
             raise ValueError(f"Expected block a power of two in [1, {slots}]. Received: {block}")
         self.graph, self.slots, self.block = graph, slots, block
+        self.zero_threshold = zero_threshold
         steps = list(graph.steps)
         first = steps[0] if steps else None
         conv = first.im2col if isinstance(first, AffineStep) else None

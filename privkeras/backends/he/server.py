@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from privkeras.backends.he.ckks import chain_primes
@@ -14,7 +18,28 @@ from privkeras.backends.he.params import CKKSParameters, select_parameters
 from privkeras.backends.he.program import HEGraph, PackedProgram, PackingSpec
 from privkeras.policies import HE
 
-__all__ = ["HEServer"]
+__all__ = ["ExecutionPlan", "HEServer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionPlan:
+    """How a server will run `n_samples` rows: packing, groups, and where.
+
+    Args:
+        block: Samples per ciphertext group (the packing).
+        groups: Ciphertext groups for `n_samples` rows.
+        workers: Groups evaluated at once (1: in this process, serially).
+        estimated_ms: The cost model's estimate, pool start-up included.
+    """
+
+    block: int
+    groups: int
+    workers: int
+    estimated_ms: float
+
+    @property
+    def parallel(self) -> bool:
+        return self.workers > 1
 
 
 class HEServer:
@@ -30,19 +55,26 @@ class HEServer:
             for the defaults.
         max_programs: Packed programs (one per block size) kept with their
             encoded weights.
+        pool: An `EvaluationPool` that `evaluate_many` runs independent
+            groups on (every core), or None to evaluate in this process.
 
-    Example:
+    What a server process (for example `privkeras serve`) does with it, every
+    object crossing as bytes:
 
     ```python
-    server = HEServer(model, pk.HE())
-    spec = server.packing(n_samples=len(x))   # public: send it to the client
-    outputs = server.evaluate(encrypted_inputs, public_context)
+    server = HEServer(model, pk.HE(), pool=EvaluationPool())
+    spec = server.packing(n_samples=4096)           # to the client: spec.to_bytes()
+    public = PublicContext.from_bytes(context_bytes)       # from the client, once
+    batches = (EncryptedBatch.from_bytes(b, public) for b in requests)
+    replies = [out.to_bytes() for out in server.evaluate_many(batches, public)]
     ```
     """
 
     has_secret_key = False
 
-    def __init__(self, model: Any, policy: HE | None = None, max_programs: int = 4):
+    def __init__(
+        self, model: Any, policy: HE | None = None, max_programs: int = 4, pool: Any = None
+    ):
         policy = policy if policy is not None else HE()
         self.graph = HEGraph.from_model(model)
         self.parameters: CKKSParameters = select_parameters(
@@ -57,8 +89,9 @@ class HEServer:
         self._zero = 2.0 ** -(self.parameters.scale_bits + 1)
         self._programs: collections.OrderedDict[int, PackedProgram] = collections.OrderedDict()
         self._specs: dict[str, int] = {}
-        self._best_block: dict[int, int] = {}
+        self._costs: dict[tuple[int, int, int], float] = {}
         self._max_programs = max_programs
+        self.pool = pool
 
     @property
     def depth(self) -> int:
@@ -77,19 +110,48 @@ class HEServer:
         self._programs.move_to_end(block)
         return self._programs[block]
 
-    def choose_block(self, n_samples: int) -> int:
-        """The block size with the lowest estimated time for `n_samples` (see `cost`)."""
-        if n_samples not in self._best_block:
-            slots = self.parameters.slots
+    def _cost(self, n_samples: int, block: int, workers: int) -> float:
+        key = (n_samples, block, workers)
+        if key not in self._costs:
+            program = self.graph.pack(self.parameters.slots, block, self._zero)
+            self._costs[key] = program_cost(
+                program, self._primes, self.parameters, n_samples, workers
+            )
+        return self._costs[key]
+
+    def plan(self, n_samples: int, block: int | None = None) -> ExecutionPlan:
+        """The fastest way to run `n_samples` rows, by the cost model (see `cost`).
+
+        Every block size from a sixteenth of the batch to N/2 is priced in
+        this process and, when the server has a pool with several workers,
+        on the pool (its start-up included until it has started).
+
+        Args:
+            n_samples: Rows to classify.
+            block: Fix the packing instead of choosing it.
+        """
+        n_samples = max(1, int(n_samples))
+        slots = self.parameters.slots
+        if block is None:
             smallest = max(1, min(next_power_of_two(n_samples), slots) // 16)
-            costs = {}
-            block = smallest
-            while block <= slots:
-                program = self.graph.pack(slots, block, self._zero)
-                costs[block] = program_cost(program, self._primes, self.parameters, n_samples)
-                block *= 2
-            self._best_block[n_samples] = min(costs, key=costs.get)
-        return self._best_block[n_samples]
+            blocks = [smallest << i for i in range((slots // smallest).bit_length())]
+        else:
+            blocks = [block]
+        options = [(self._cost(n_samples, b, 1), b, 1) for b in blocks]
+        workers = getattr(self.pool, "workers", 1)
+        if workers > 1:
+            start_ms = 1e3 * self.pool.expected_start_seconds()
+            options += [
+                (self._cost(n_samples, b, workers) + start_ms, b, workers)
+                for b in blocks
+                if math.ceil(n_samples / b) > 1
+            ]
+        estimated, best, used = min(options)
+        return ExecutionPlan(best, math.ceil(n_samples / best), used, estimated)
+
+    def choose_block(self, n_samples: int) -> int:
+        """The block size with the lowest estimated time for `n_samples` (see `plan`)."""
+        return self.plan(n_samples).block
 
     def packing(self, n_samples: int | None = None, block: int | None = None) -> PackingSpec:
         """The public spec clients encrypt with.
@@ -116,6 +178,57 @@ class HEServer:
         ops = context.ops()
         outputs = program.apply(ops, batch.ciphertexts)
         return EncryptedBatch(outputs, batch.n_samples, "outputs", batch.spec_id, batch.context_id)
+
+    def evaluate_many(
+        self, batches: Iterable[EncryptedBatch], context: PublicContext
+    ) -> Iterator[EncryptedBatch]:
+        """Runs the model on independent groups packed by one spec; results in order.
+
+        With a pool of several workers the groups are evaluated concurrently,
+        on every core; `batches` is consumed lazily, a few groups ahead of
+        the results, so a generator that encrypts them overlaps encryption
+        with evaluation. Each group is checked as `evaluate` checks it.
+
+        Raises:
+            SecretKeyError, ContextMismatchError: As `evaluate`; also for
+                groups packed by different specs.
+            PartyError: A pool worker died or timed out (named).
+        """
+        source = iter(batches)
+        first = next(source, None)
+        if first is None:
+            return
+        program = self._checked(first, context)
+        second = next(source, None)
+        if second is None or getattr(self.pool, "workers", 1) <= 1:
+            rest = () if second is None else itertools.chain((second,), source)
+            for batch in itertools.chain((first,), rest):
+                yield self.evaluate(batch, context)
+            return
+        sent: collections.deque[EncryptedBatch] = collections.deque()
+
+        def checked() -> Iterator[EncryptedBatch]:
+            for batch in itertools.chain((first, second), source):
+                if batch is not first:
+                    self._same_spec(first, batch)
+                    self._checked(batch, context)
+                sent.append(batch)
+                yield batch
+
+        for outputs in self.pool.map(program, context, checked()):
+            batch = sent.popleft()
+            yield EncryptedBatch(
+                outputs, batch.n_samples, "outputs", batch.spec_id, batch.context_id
+            )
+
+    @staticmethod
+    def _same_spec(first: EncryptedBatch, batch: Any) -> None:
+        if getattr(batch, "spec_id", None) != first.spec_id:
+            raise ContextMismatchError(
+                f"Expected every group of one evaluate_many call packed by spec "
+                f"{first.spec_id}. Received: a group packed by "
+                f"{getattr(batch, 'spec_id', type(batch).__name__)}"
+            )
 
     def _checked(self, batch: EncryptedBatch, context: PublicContext) -> PackedProgram:
         if not isinstance(context, PublicContext):
@@ -171,11 +284,13 @@ class HEServer:
     ) -> None:
         import tenseal.sealapi as sealapi
 
-        if len(batch.ciphertexts) != program.input_layout.n_ciphertexts:
+        if batch.n_ciphertexts != program.input_layout.n_ciphertexts:
             raise ContextMismatchError(
                 f"Expected {program.input_layout.n_ciphertexts} input ciphertexts. "
-                f"Received: {len(batch.ciphertexts)}"
+                f"Received: {batch.n_ciphertexts}"
             )
+        if not batch.loaded:
+            return  # checked as they load: here on first use, or in the pool's worker
         top = tuple(context.seal_context.first_parms_id())
         for ct in batch.ciphertexts:
             if (

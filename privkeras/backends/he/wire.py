@@ -48,6 +48,7 @@ __all__ = [
     "hex_id",
     "integer",
     "integers",
+    "message_kind",
     "one_of",
     "optional",
     "pack_message",
@@ -208,6 +209,17 @@ def _split(data: bytes, kind: str) -> tuple[Any, bytes]:
             f"({type(error).__name__}: {str(error)[:120]})"
         ) from None
     return header, data[8 + length :]
+
+
+def message_kind(data: bytes) -> str | None:
+    """The `kind` a message's header names (None when it names none).
+
+    Raises:
+        HEInputError: For bytes that are not a message at all.
+    """
+    header, _ = _split(bytes(data), "any")
+    kind = header.get("kind") if isinstance(header, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def unpack_message(

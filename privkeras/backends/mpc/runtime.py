@@ -112,6 +112,12 @@ class MPCRuntime:
             process, the caller and model owner in a networked driver).
         keys: Stream keys agreed for a networked job without a seed (see
             `PartyStreams`).
+        track_bounds: Whether `share` and `share_public` derive a public
+            bound on |value| from each value, so that every operation on
+            the tensors checks the fixed-point range before it runs (see
+            `SharedTensor.bound`). Off by default: the engines check whole
+            models before any party works instead. `privkeras.mpc`'s
+            default runtime turns it on.
 
     Raises:
         PrivacyPolicyError: For an unknown protocol or kernel library (listing
@@ -135,6 +141,7 @@ class MPCRuntime:
         seed: int | None = None,
         communicator: Communicator | None = None,
         keys: Mapping[str, bytes] | None = None,
+        track_bounds: bool = False,
     ):
         cls = get_protocol(protocol)
         if isinstance(kernels, RingKernels):
@@ -148,6 +155,10 @@ class MPCRuntime:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise PrivacyPolicyError(f"Expected seed to be None or an int. Received: seed={seed!r}")
         self.codec = FixedPointCodec(precision_bits=precision_bits)
+        self.track_bounds = bool(track_bounds)
+        #: |x * y| must stay below this before truncation: 2^(ring_bits - 2 - 2f)
+        #: (one bit of headroom below the 2^(ring_bits - 1 - 2f) that the ring can hold).
+        self.product_limit = 2.0 ** (self.codec.ring_bits - 2 - 2 * self.codec.precision_bits)
         self.protocol_name = protocol
         parties = [f"p{i}" for i in range(cls.num_parties)]
         self.communicator = communicator or InProcessCommunicator(parties)
@@ -186,7 +197,13 @@ class MPCRuntime:
         return self.kernels.from_numpy(encoded)
 
     # -- sharing ------------------------------------------------------------------------------
-    def share(self, value: Any, owner: str = "caller", name: str = "x") -> SharedTensor:
+    def share(
+        self,
+        value: Any,
+        owner: str = "caller",
+        name: str = "x",
+        bound: float | None = None,
+    ) -> SharedTensor:
         """Secret-shares real values held by `owner` among the compute parties.
 
         Args:
@@ -194,19 +211,28 @@ class MPCRuntime:
             owner: Who holds the plaintext: a compute party (`"p0"`...) shares
                 without communicating; anyone else sends one message per share.
             name: What to call the value in errors.
+            bound: A public bound on |value| that the owner declares (checked
+                by the owner against its values, so a data-independent bound
+                tells nothing about them). None: derived from the values
+                (max |value|) if the runtime tracks bounds, else untracked.
 
         Returns:
             A `SharedTensor` at scale 2^f.
 
         Raises:
             PrecisionOverflowError: For NaN, infinite or out-of-range values,
-                naming `name`.
+                or values beyond the declared `bound`, naming `name`.
+            ValueError: For a `bound` that is not a real in [0, 2^(63 - f)).
         """
         if isinstance(value, Remote) or not self.placement.here(owner):
             shape = value.shape if isinstance(value, Remote) else np.shape(value)
-            return SharedTensor(self, self.protocol.share(None, owner, shape=tuple(shape)))
+            declared = self.checked_bound(bound)  # public: the same in every process
+            return SharedTensor(
+                self, self.protocol.share(None, owner, shape=tuple(shape)), declared
+            )
         encoded = self.encode_public(value, name=name)
-        return SharedTensor(self, self.protocol.share(encoded, owner))
+        bound = self._share_bound(value, bound, name)
+        return SharedTensor(self, self.protocol.share(encoded, owner), bound)
 
     def here(self, role: str) -> bool:
         """Whether `role` runs in this process (see `Placement`)."""
@@ -227,26 +253,125 @@ class MPCRuntime:
         return self.communicator.broadcast(source, value, self.roles)
 
     def share_public(self, value: Any, name: str = "public value") -> SharedTensor:
-        """A public value as a (trivial) sharing, without communication."""
+        """A public value as a (trivial) sharing, without communication.
+
+        Its bound is max |value| when the runtime tracks bounds.
+        """
         encoded = self.encode_public(value, name=name)
         zero = self.protocol.zeros(self.kernels.shape(encoded))
-        return SharedTensor(self, self.protocol.add_public(zero, encoded))
+        bound = self._share_bound(value, None, name)
+        return SharedTensor(self, self.protocol.add_public(zero, encoded), bound)
+
+    # -- range -----------------------------------------------------------------------------------
+    def checked_bound(self, bound: float | None) -> float | None:
+        """`bound` as a float, or None.
+
+        Raises:
+            ValueError: Unless `bound` is None or a real in [0, 2^(63 - f)).
+        """
+        if bound is None:
+            return None
+        valid = not isinstance(bound, bool) and isinstance(bound, (int, float, np.number))
+        if not valid or not 0 <= float(bound) < self.codec.max_abs:
+            raise ValueError(
+                f"Expected bound to be None or a real in [0, {self.codec.max_abs:g}) "
+                f"(the range of {self.codec!r}). Received: bound={bound!r}"
+            )
+        return float(bound)
+
+    def _share_bound(self, value: Any, declared: float | None, name: str) -> float | None:
+        declared = self.checked_bound(declared)
+        if declared is None and not self.track_bounds:
+            return None
+        largest = float(np.max(np.abs(np.asarray(_to_numpy(value), np.float64)), initial=0.0))
+        if declared is None:  # encoding rounds to the nearest 2^-f: at most half an ulp more
+            return largest + 2.0 ** -(self.codec.precision_bits + 1)
+        if largest > declared:
+            raise PrecisionOverflowError(
+                f"Expected |{name}| <= bound={declared:g} (declared by its owner). "
+                f"Received: a value of magnitude {largest:g}"
+            )
+        return declared
+
+    def require_bound(self, bound: float, what: str, *, product: bool, received: str) -> None:
+        """Raises `PrecisionOverflowError` before an operation whose worst case leaves the range.
+
+        Args:
+            bound: The worst-case |result| (for a product: before truncation).
+            what: The operation, as `"x * y"`.
+            product: Whether the result is a truncated product (limit
+                2^(ring_bits - 2 - 2f)) rather than a value (limit 2^(ring_bits - 1 - f)).
+            received: The operands' bounds, for the message.
+        """
+        limit = self.product_limit if product else self.codec.max_abs
+        if bound < limit:
+            return
+        f, ring = self.codec.precision_bits, self.codec.ring_bits
+        rule = (
+            f"a product is held at scale 2^(2f) before truncation, so |{what}| must stay "
+            f"below 2^({ring - 2} - 2f) = 2^{ring - 2 - 2 * f}"
+            if product
+            else f"values must stay below 2^({ring - 1} - f) = 2^{ring - 1 - f}"
+        )
+        raise PrecisionOverflowError(
+            f"Expected |{what}| < {limit:.6g} to fit {self.codec!r}: {rule}, or the ring "
+            f"wraps around. Received: {received}, so |{what}| could reach {bound:.6g}"
+        )
 
     # -- revealing -------------------------------------------------------------------------------
-    def reveal(self, x: SharedTensor, to: str = "caller", what: str = "value") -> np.ndarray:
+    def reveal(
+        self,
+        x: SharedTensor,
+        to: str = "caller",
+        what: str = "value",
+        check_range: bool | float = False,
+    ) -> np.ndarray:
         """Opens `x` to `to` (one round) and logs the reveal.
+
+        Args:
+            x: A SharedTensor of this runtime.
+            to: Who receives the value.
+            what: What it is, for the log.
+            check_range: True to check the opened values against `x.bound`
+                (which must be tracked), a number to check against it instead.
 
         Returns:
             The decoded values as a float64 numpy array, in the process where
             `to` runs; None in the others (they only send their shares).
+
+        Raises:
+            PrecisionOverflowError: With `check_range`, for an opened value
+                beyond the bound (a wrapped product or a failed truncation).
+            ValueError: For `check_range=True` on an untracked tensor.
         """
         if not isinstance(x, SharedTensor) or x.runtime is not self:
             raise TypeError("Expected a SharedTensor of this runtime.")
+        limit = self._reveal_limit(x, check_range)
         ring = self.protocol.reveal(x.shares, to)
         self.reveal_log.append(RevealRecord(what=what, to=to, shape=x.shape))
         if ring is None:
             return None
-        return self.codec.decode(self.kernels.to_numpy(ring))
+        values = self.codec.decode(self.kernels.to_numpy(ring))
+        if limit is not None and values.size and np.max(np.abs(values)) > limit:
+            raise PrecisionOverflowError(
+                f"Expected the revealed {what!r} within its bound {limit:.6g}. Received: a "
+                f"value of magnitude {float(np.max(np.abs(values))):.6g}: a product or a "
+                f"truncation wrapped around the ring of {self.codec!r}"
+            )
+        return values
+
+    def _reveal_limit(self, x: SharedTensor, check_range: bool | float) -> float | None:
+        if check_range is False:
+            return None
+        if check_range is True:
+            if x.bound is None:
+                raise ValueError(
+                    "Expected a tracked SharedTensor for reveal(check_range=True). Received: "
+                    "bound=None (share with bound=..., use with_bound, or a runtime with "
+                    "track_bounds=True; or pass check_range=<limit>)"
+                )
+            return x.bound + 4 * 2.0**-self.codec.precision_bits
+        return self.checked_bound(check_range)
 
     def check_range(self, values: np.ndarray, name: str, limit: float | None = None) -> None:
         """Raises `PrecisionOverflowError` naming `name` if |values| reach `limit`.

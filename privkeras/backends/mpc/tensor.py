@@ -8,6 +8,21 @@ arrays) are local; products of two shared operands, comparisons and the
 approximations of `privkeras.backends.mpc.approximations` communicate.
 Every product is truncated back to scale 2^f.
 
+Range: a value must stay below 2^(63 - f) in magnitude (2^47 at f = 16),
+and the untruncated product of a multiplication, matmul or convolution
+(held at scale 2^(2f)) below 2^(62 - 2f) (2^30): beyond, the ring wraps
+around and the result is garbage, not an error. A tensor whose `bound` is
+known (a public bound on |value|: derived from the value when a runtime
+with `track_bounds=True` shares it, as `privkeras.mpc`'s default runtime
+does, or declared with `share(..., bound=)` / `with_bound`) propagates its
+bound through every operation in O(1) (scalars and shapes: `x + y` adds the
+bounds, `x @ w` multiplies them by the contracted size, or by `w`'s largest
+column norm when `w` is public) and raises `PrecisionOverflowError` before
+an operation whose worst case would leave the range. Untracked tensors (the
+engines' default: they check whole models before any party works) are not
+checked. `reveal(check_range=True)` also checks the opened values against
+the bound, which catches a failed truncation.
+
 Example:
 
 ```python
@@ -50,18 +65,20 @@ class SharedTensor:
     Args:
         runtime: The `MPCRuntime` whose parties hold the shares.
         shares: One ring tensor per share component.
+        bound: A public bound on |value|, or None when untracked (see `bound`).
 
     Users get shared tensors from `MPCRuntime.share` (or `privkeras.mpc.share`),
     never by calling this constructor.
     """
 
-    __slots__ = ("_mask", "_shape", "runtime", "shares")
+    __slots__ = ("_bound", "_mask", "_shape", "runtime", "shares")
     __array_priority__ = 1000  # numpy defers `ndarray @ shared` to __rmatmul__
 
-    def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...]):
+    def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...], bound: float | None = None):
         self.runtime = runtime
         # None for each component no local party holds (`Shares` keeps the shape).
         self.shares = shares if isinstance(shares, Shares) else Shares(tuple(shares))
+        self._bound = bound
         self._shape = self.shares.shape
         # A protocol's reusable mask of this value (Pond: a Beaver mask opened once),
         # set by the first product or comparison that opens one. Not part of the value.
@@ -103,11 +120,15 @@ class SharedTensor:
     def _protocol(self):
         return self.runtime.protocol
 
-    def _new(self, shares) -> SharedTensor:
-        return SharedTensor(self.runtime, shares)
+    def _new(self, shares, bound: float | None = None) -> SharedTensor:
+        return SharedTensor(self.runtime, shares, bound)
 
-    def _local(self, fn: Callable[..., Tensor], *others: SharedTensor) -> SharedTensor:
-        result = self._new(self._protocol.local(fn, self.shares, *(o.shares for o in others)))
+    def _local(
+        self, fn: Callable[..., Tensor], *others: SharedTensor, bound: float | None = None
+    ) -> SharedTensor:
+        result = self._new(
+            self._protocol.local(fn, self.shares, *(o.shares for o in others)), bound
+        )
         if not others and self._mask is not None:
             result._mask = self._mask.derive(fn)  # the mask of L(x) is L(mask)
         return result
@@ -127,23 +148,68 @@ class SharedTensor:
             return other
         return self.runtime.encode_public(other)
 
+    # -- range -------------------------------------------------------------------------
+    @property
+    def bound(self) -> float | None:
+        """A public bound on |value| of every element, or None when untracked.
+
+        Derived by the owner from its values when a runtime with
+        `track_bounds=True` shares them (the bound is then public metadata
+        of the computation: it tells whoever sees it max |x|), declared with
+        `share(..., bound=)` or `with_bound`, and propagated by every
+        operation (see the module docstring).
+        """
+        return self._bound
+
+    def with_bound(self, bound: float | None) -> SharedTensor:
+        """The same shared value, declared to satisfy |value| <= bound (None: untracked).
+
+        No party can check a declaration without learning the value: it is
+        the caller's claim (for example that probabilities sum to at most
+        1), verified only by `reveal(check_range=True)`.
+
+        Raises:
+            ValueError: Unless `bound` is None or a real in [0, 2^(63 - f)).
+        """
+        result = SharedTensor(self.runtime, self.shares, self.runtime.checked_bound(bound))
+        result._mask = self._mask  # the same value: the same reusable mask
+        return result
+
+    def _sum_bound(self, other: Any, operand: Any, what: str) -> float | None:
+        """The bound of self +/- other, checked against the value range (None if untracked)."""
+        if self._bound is None:
+            return None
+        other_bound = operand._bound if isinstance(operand, SharedTensor) else _max_abs(other)
+        if other_bound is None:
+            return None
+        bound = self._bound + other_bound
+        self.runtime.require_bound(
+            bound,
+            what,
+            product=False,
+            received=f"|x| <= {self._bound:.6g}, |y| <= {other_bound:.6g}",
+        )
+        return bound
+
     # -- linear arithmetic -------------------------------------------------------------
     def __add__(self, other: Any) -> SharedTensor:
-        other = self._coerce(other)
-        if isinstance(other, SharedTensor):
-            return self._local(self._k.add, other)
-        return self._new(self._protocol.add_public(self.shares, other))
+        operand = self._coerce(other)
+        bound = self._sum_bound(other, operand, "x + y")
+        if isinstance(operand, SharedTensor):
+            return self._local(self._k.add, operand, bound=bound)
+        return self._new(self._protocol.add_public(self.shares, operand), bound)
 
     __radd__ = __add__
 
     def __neg__(self) -> SharedTensor:
-        return self._local(self._k.neg)
+        return self._local(self._k.neg, bound=self._bound)
 
     def __sub__(self, other: Any) -> SharedTensor:
-        other = self._coerce(other)
-        if isinstance(other, SharedTensor):
-            return self._local(self._k.sub, other)
-        return self._new(self._protocol.add_public(self.shares, self._k.neg(other)))
+        operand = self._coerce(other)
+        bound = self._sum_bound(other, operand, "x - y")
+        if isinstance(operand, SharedTensor):
+            return self._local(self._k.sub, operand, bound=bound)
+        return self._new(self._protocol.add_public(self.shares, self._k.neg(operand)), bound)
 
     def __rsub__(self, other: Any) -> SharedTensor:
         return (-self) + other
@@ -152,10 +218,15 @@ class SharedTensor:
     def _product(self, other: Any, op: str, reverse: bool = False, **kwargs: Any) -> SharedTensor:
         k, f = self._k, self.runtime.codec.precision_bits
         protocol = self._protocol
-        other_shape = tuple(np.shape(other)) if not isinstance(other, SharedTensor) else other.shape
+        shared = isinstance(other, SharedTensor)
+        other_shape = other.shape if shared else tuple(np.shape(other))
         left, right = (other_shape, self.shape) if reverse else (self.shape, other_shape)
         _check_operand_shapes(op, left, right, kwargs)
-        if isinstance(other, SharedTensor):
+        integer = not shared and op == "mul" and _small_integer(other)
+        bound = (
+            None if self._bound is None else self._product_bound(other, op, left, integer, reverse)
+        )
+        if shared:
             self._coerce(other)
             x, y = (other, self) if reverse else (self, other)
             shares, (mask_x, mask_y) = protocol.product_truncated(
@@ -163,8 +234,7 @@ class SharedTensor:
             )
             x._keep_mask(mask_x)
             y._keep_mask(mask_y)
-            return self._new(shares)
-        integer = op == "mul" and _small_integer(other)
+            return self._new(shares, bound)
         public = (
             k.from_numpy(np.asarray(other, dtype=np.int64))
             if integer
@@ -180,7 +250,38 @@ class SharedTensor:
             ),
             product_shape(op, left, right, kwargs),
         )
-        return self._new(shares if integer else protocol.truncate(shares, f))
+        return self._new(shares if integer else protocol.truncate(shares, f), bound)
+
+    def _product_bound(
+        self, other: Any, op: str, left: tuple, integer: bool, reverse: bool
+    ) -> float | None:
+        """The bound of a product, checked before any party works (None if untracked).
+
+        A shared operand y contributes |y|'s bound times the number of terms
+        each output sums (1, the contracted size, KH * KW * C_in); a public
+        one its largest L1 norm per output (of its encoding).
+        """
+        if isinstance(other, SharedTensor):
+            if other._bound is None:
+                return None
+            if op == "mul":
+                terms = 1
+            elif op == "matmul":
+                terms = int(left[-1])
+            else:  # conv2d: KH * KW * C_in products per output
+                terms = int(np.prod(other.shape[:3], dtype=np.int64))
+            per_output = other._bound * terms
+            received = f"|x| <= {self._bound:.6g}, |y| <= {other._bound:.6g}"
+            if terms > 1:
+                received += f", {terms} terms per output"
+        else:
+            f = None if integer else self.runtime.codec.precision_bits
+            per_output = _public_norm(op, other, reverse, f)
+            received = f"|x| <= {self._bound:.6g}, public operand of norm {per_output:.6g}"
+        bound = self._bound * per_output
+        what = {"mul": "x * y", "matmul": "x @ y", "conv2d": "conv2d(x, kernel)"}[op]
+        self.runtime.require_bound(bound, what, product=not integer, received=received)
+        return bound if integer else bound + 2.0 ** (1 - self.runtime.codec.precision_bits)
 
     def __mul__(self, other: Any) -> SharedTensor:
         return self._product(other, "mul")
@@ -244,32 +345,44 @@ class SharedTensor:
             raise ValueError(f"Expected bits to be an integer in [0, 62]. Received: bits={bits!r}")
         if bits == 0:
             return self
-        return self._new(self._protocol.truncate(self.shares, int(bits)))
+        bound = None
+        if self._bound is not None:
+            bound = self._bound / 2**bits + 2.0 ** (1 - self.runtime.codec.precision_bits)
+        return self._new(self._protocol.truncate(self.shares, int(bits)), bound)
 
     # -- reductions -------------------------------------------------------------------------
     def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> SharedTensor:
         k = self._k
-        return self._local(lambda s: k.sum(s, axis=axis, keepdims=keepdims))
+        bound = None
+        if self._bound is not None:
+            terms = self._count(axis)
+            bound = self._bound * terms
+            self.runtime.require_bound(
+                bound, "x.sum()", product=False, received=f"|x| <= {self._bound:.6g}, {terms} terms"
+            )
+        return self._local(lambda s: k.sum(s, axis=axis, keepdims=keepdims), bound=bound)
+
+    def _count(self, axis: int | Sequence[int] | None) -> int:
+        """How many elements a reduction over `axis` combines into each output."""
+        if axis is None:
+            return self.size
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        return int(np.prod([self.shape[a] for a in axes], dtype=np.int64))
 
     def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> SharedTensor:
-        if axis is None:
-            count = self.size
-        else:
-            axes = (axis,) if isinstance(axis, int) else tuple(axis)
-            count = int(np.prod([self.shape[a] for a in axes]))
-        return self.sum(axis, keepdims).div_public(count)
+        return self.sum(axis, keepdims).div_public(self._count(axis))
 
     # -- shapes --------------------------------------------------------------------------------
     def reshape(self, *shape: Any) -> SharedTensor:
         shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
         shape = _resolve_shape(shape, self.size)
         k = self._k
-        return self._local(lambda s: k.reshape(s, shape))
+        return self._local(lambda s: k.reshape(s, shape), bound=self._bound)
 
     def transpose(self, perm: Sequence[int] | None = None) -> SharedTensor:
         k = self._k
         perm = tuple(reversed(range(self.ndim))) if perm is None else tuple(perm)
-        return self._local(lambda s: k.transpose(s, perm))
+        return self._local(lambda s: k.transpose(s, perm), bound=self._bound)
 
     @property
     def T(self) -> SharedTensor:
@@ -277,7 +390,7 @@ class SharedTensor:
 
     def __getitem__(self, key: Any) -> SharedTensor:
         k = self._k
-        return self._local(lambda s: k.getitem(s, key))
+        return self._local(lambda s: k.getitem(s, key), bound=self._bound)
 
     def expand_dims(self, axis: int) -> SharedTensor:
         shape = list(self.shape)
@@ -287,14 +400,15 @@ class SharedTensor:
 
     def broadcast_to(self, shape: Sequence[int]) -> SharedTensor:
         k = self._k
-        return self._local(lambda s: k.broadcast_to(s, tuple(shape)))
+        return self._local(lambda s: k.broadcast_to(s, tuple(shape)), bound=self._bound)
 
     @staticmethod
     def concat(tensors: Sequence[SharedTensor], axis: int = 0) -> SharedTensor:
         first = _check_same_runtime(tensors)
         k = first._k
         return first._new(
-            first._protocol.local(lambda *p: k.concat(p, axis), *(t.shares for t in tensors))
+            first._protocol.local(lambda *p: k.concat(p, axis), *(t.shares for t in tensors)),
+            _largest_bound(tensors),
         )
 
     @staticmethod
@@ -302,13 +416,14 @@ class SharedTensor:
         first = _check_same_runtime(tensors)
         k = first._k
         return first._new(
-            first._protocol.local(lambda *p: k.stack(p, axis), *(t.shares for t in tensors))
+            first._protocol.local(lambda *p: k.stack(p, axis), *(t.shares for t in tensors)),
+            _largest_bound(tensors),
         )
 
     def pad(self, widths: Sequence[tuple[int, int]]) -> SharedTensor:
         """Zero padding; one (before, after) pair per axis."""
         k = self._k
-        return self._local(lambda s: k.pad(s, widths))
+        return self._local(lambda s: k.pad(s, widths), bound=self._bound)
 
     def extract_patches(
         self, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1), padding: str = "VALID"
@@ -316,7 +431,8 @@ class SharedTensor:
         """Sliding windows of an NHWC tensor as (N, OH, OW, KH * KW, C); zero padded."""
         k = self._k
         return self._local(
-            lambda s: k.extract_patches(s, tuple(kernel_size), tuple(strides), padding.upper())
+            lambda s: k.extract_patches(s, tuple(kernel_size), tuple(strides), padding.upper()),
+            bound=self._bound,
         )
 
     def map_linear(self, fn: Callable[[RingKernels, Tensor], Tensor]) -> SharedTensor:
@@ -324,7 +440,8 @@ class SharedTensor:
 
         `fn` must be linear over the ring (sums, sign changes, integer
         multiples, gathers, reshapes, zero padding...): for such functions
-        the shares of the result are the results on the shares.
+        the shares of the result are the results on the shares. The result
+        is untracked (`bound` None): `fn` may sum elements.
         """
         k = self._k
         return self._local(lambda s: fn(k, s))
@@ -340,7 +457,7 @@ class SharedTensor:
         """
         shares, mask = self._protocol.negative_bit_with_mask(self.shares)
         self._keep_mask(mask)  # a later product of x reuses the mask the comparison opened
-        return SharedBit(self.runtime, shares, self.shape)
+        return SharedBit(self.runtime, shares, self.shape, tracked=self._bound is not None)
 
     def positive_bit(self) -> SharedBit:
         """The secret bit [x > 0] = [-x < 0] per element (one comparison); see `negative_bit`."""
@@ -386,7 +503,12 @@ class SharedTensor:
     def abs(self) -> SharedTensor:
         """|x|: x - 2 x [x < 0]."""
         (product,) = self.negative_bit().times(self)
-        return self - 2 * product
+        return (self - 2 * product)._rebound(self._bound)
+
+    def _rebound(self, bound: float | None) -> SharedTensor:
+        """Sets a tighter bound on a tensor this class just made (never on a caller's)."""
+        self._bound = bound
+        return self
 
     # -- max and argmax ---------------------------------------------------------------------------
     def _max_last_axis(self, with_argmax: bool) -> tuple[SharedTensor, SharedTensor | None]:
@@ -400,6 +522,7 @@ class SharedTensor:
         if with_argmax:
             eye = np.eye(n).reshape((n,) + (1,) * (self.ndim - 1) + (n,))
             index = self.runtime.share_public(np.broadcast_to(eye, (n, *self.shape)))
+            index._rebound(None if self._bound is None else 1.0)
         while values.shape[-1] > 1:
             width = values.shape[-1]
             half = width // 2
@@ -411,9 +534,9 @@ class SharedTensor:
                 ia, ib = index[..., :half], index[..., half : 2 * half]
                 xs.append(ib - ia)
             products = bit.times(*xs)
-            new_values = a + products[0]
+            new_values = (a + products[0])._rebound(values._bound)  # max(a, b)
             if with_argmax:
-                new_index = ia + products[1]
+                new_index = (ia + products[1])._rebound(index._bound)
             if width % 2:
                 new_values = SharedTensor.concat([new_values, values[..., 2 * half :]], axis=-1)
                 if with_argmax:
@@ -476,7 +599,8 @@ class SharedTensor:
             KH * KW, C), 1.0 at the position that won each window.
         """
         patches = self._pool_patches(pool_size, strides, padding, _MAX_POOL_PAD)
-        return patches.max_with_argmax(axis=3)
+        values, mask = patches.max_with_argmax(axis=3)
+        return values._rebound(self._pooled_bound(values)), mask
 
     def max_pool2d(
         self,
@@ -486,7 +610,14 @@ class SharedTensor:
     ) -> SharedTensor:
         """Max pooling (NHWC), as `keras.layers.MaxPooling2D`."""
         patches = self._pool_patches(pool_size, strides, padding, _MAX_POOL_PAD)
-        return patches.max(axis=3)
+        values = patches.max(axis=3)
+        return values._rebound(self._pooled_bound(values))
+
+    def _pooled_bound(self, values: SharedTensor) -> float | None:
+        """A window's maximum is one of its valid cells while they stay above the padding."""
+        if self._bound is not None and self._bound < -_MAX_POOL_PAD:
+            return self._bound
+        return values._bound
 
     def avg_pool2d(
         self,
@@ -535,9 +666,20 @@ class SharedTensor:
         return approximations.log(self)
 
     # -- revealing ---------------------------------------------------------------------------------------
-    def reveal(self, to: str = "caller", what: str = "value") -> np.ndarray:
-        """The plaintext value, sent to `to` and logged in `runtime.reveal_log`."""
-        return self.runtime.reveal(self, to=to, what=what)
+    def reveal(
+        self, to: str = "caller", what: str = "value", check_range: bool | float = False
+    ) -> np.ndarray:
+        """The plaintext value, sent to `to` and logged in `runtime.reveal_log`.
+
+        Args:
+            to: Who receives the value.
+            what: What it is, for the log.
+            check_range: True to raise `PrecisionOverflowError` if an opened
+                value exceeds this tensor's `bound` (a wrapped product or a
+                failed truncation is off by about 2^(64 - f)); a number to
+                check against that limit instead.
+        """
+        return self.runtime.reveal(self, to=to, what=what, check_range=check_range)
 
 
 class SharedBit:
@@ -553,6 +695,7 @@ class SharedBit:
         runtime: The `MPCRuntime` whose parties hold the bit.
         shares: The bit's binary share components, as the protocol returned them.
         shape: Its shape (that of the compared tensor).
+        tracked: Whether the compared tensor had a bound.
 
     Example:
 
@@ -563,12 +706,20 @@ class SharedBit:
     ```
     """
 
-    __slots__ = ("runtime", "shape", "shares")
+    __slots__ = ("runtime", "shape", "shares", "tracked")
 
-    def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...], shape: tuple[int, ...]):
+    def __init__(
+        self,
+        runtime: MPCRuntime,
+        shares: tuple[Tensor, ...],
+        shape: tuple[int, ...],
+        tracked: bool = False,
+    ):
         self.runtime = runtime
         self.shares = shares  # kept as the protocol made it (its type may mark the sharing)
         self.shape = tuple(shape)
+        #: Whether tensors made from the bit carry a bound (1.0), as the compared tensor did.
+        self.tracked = tracked
 
     def __repr__(self) -> str:
         return f"SharedBit(shape={self.shape}, protocol={self.runtime.protocol_name!r})"
@@ -597,9 +748,9 @@ class SharedBit:
         protocol, k = self.runtime.protocol, self.runtime.kernels
         f = self.runtime.codec.precision_bits
         arith = protocol.bit_to_arithmetic(self.shares)
-        return SharedTensor(
-            self.runtime, self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
-        )
+        bound = 1.0 if self.tracked else None
+        shifted = self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
+        return SharedTensor(self.runtime, shifted, bound)
 
     def reveal(self, to: str = "caller", what: str = "bit") -> np.ndarray:
         """The plaintext 0.0 / 1.0 values, opened to `to` and logged (see `SharedTensor.reveal`)."""
@@ -622,13 +773,12 @@ class SharedBit:
         )
         for tensor, mask in zip(tensors, masks):
             tensor._keep_mask(mask)
-        results = tuple(SharedTensor(self.runtime, p) for p in products)
+        results = tuple(SharedTensor(self.runtime, p, t._bound) for p, t in zip(products, tensors))
         if not with_bit:
             return results, None
         k, f = self.runtime.kernels, self.runtime.codec.precision_bits
-        return results, SharedTensor(
-            self.runtime, self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
-        )
+        bit = self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
+        return results, SharedTensor(self.runtime, bit, 1.0 if self.tracked else None)
 
 
 _PUBLIC_PRODUCTS: dict[str, Callable[..., Tensor]] = {
@@ -636,6 +786,44 @@ _PUBLIC_PRODUCTS: dict[str, Callable[..., Tensor]] = {
     "matmul": lambda k, a, b: k.matmul(a, b),
     "conv2d": lambda k, a, b, strides=(1, 1), padding="VALID": k.conv2d(a, b, strides, padding),
 }
+
+
+def _numpy(value: Any) -> Any:
+    """A public operand (numbers, numpy, torch or tf tensors) as numpy."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        return value.numpy()
+    return value
+
+
+def _max_abs(value: Any) -> float:
+    """max |value| of a public operand."""
+    return float(np.max(np.abs(np.asarray(_numpy(value), dtype=np.float64)), initial=0.0))
+
+
+def _public_norm(op: str, value: Any, reverse: bool, precision_bits: int | None) -> float:
+    """The largest L1 norm that one output of a product with a public operand sums over.
+
+    Computed on the operand as the parties use it: rounded to the nearest
+    2^-precision_bits (None: an exact integer multiple).
+    """
+    magnitudes = np.abs(np.asarray(_numpy(value), dtype=np.float64))
+    if precision_bits is not None:
+        magnitudes = np.rint(magnitudes * 2.0**precision_bits) / 2.0**precision_bits
+    if op == "mul":
+        return float(np.max(magnitudes, initial=0.0))
+    if op == "conv2d":  # HWIO kernel: one output channel sums KH * KW * C_in terms
+        return float(np.max(np.sum(magnitudes, axis=(0, 1, 2)), initial=0.0))
+    if magnitudes.ndim == 1:
+        return float(np.sum(magnitudes))
+    # x @ W sums a column of W; W @ x sums a row.
+    return float(np.max(np.sum(magnitudes, axis=-1 if reverse else -2), initial=0.0))
+
+
+def _largest_bound(tensors: Sequence[SharedTensor]) -> float | None:
+    bounds = [t._bound for t in tensors]
+    return None if any(b is None for b in bounds) else max(bounds)
 
 
 def _as_operand(value: Any) -> Any:

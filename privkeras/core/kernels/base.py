@@ -11,12 +11,20 @@ Protocol code is written once against `RingKernels` and runs on any library.
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from privkeras.core.kernels.limbs import MAX_EXACT_DEPTH, limb_matmul, limb_matmul_exact
+from privkeras.core.kernels.limbs import (
+    KARATSUBA_MAX_DEPTH,
+    MAX_EXACT_DEPTH,
+    limb_matmul,
+    prepare_limb_operand,
+)
+from privkeras.core.kernels.prepared import PreparedOperands
+from privkeras.core.kernels.routes import PROBE_VOLUME, RouteChoice, RouteTable, shape_class
 
 __all__ = [
     "MATMUL_METHODS",
@@ -30,8 +38,9 @@ __all__ = [
 Tensor = Any
 
 #: Ways every library can multiply ring matrices: "native" int64 matmul,
-#: "limbs" (exact float64 GEMMs, see `limbs.py`), or "auto" (the faster of the
-#: two for the library, device and shape, as measured by benchmarks/suites/kernels.py).
+#: "limbs" (exact float64 GEMMs, see `limbs.py`), or "auto" (the fastest exact
+#: route for the library, device and shape class, timed on this machine the
+#: first time it is met; see `routes.py`). Libraries may add routes.
 MATMUL_METHODS = ("auto", "native", "limbs")
 
 
@@ -137,6 +146,11 @@ class RingKernels(abc.ABC):
                 f"Expected matmul_method in {list(methods)}. Received: matmul_method={matmul_method!r}"
             )
         self.matmul_method = matmul_method
+        #: The measured route decisions of these kernels (see `routes.py`).
+        self.routes = RouteTable(self.name, self._library_version(), self._synchronize)
+        #: Splits kept for operands that are multiplied again (see `prepare`).
+        self.prepared = PreparedOperands(self._operand_version)
+        self._timing = threading.local()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(matmul_method={self.matmul_method!r})"
@@ -191,57 +205,196 @@ class RingKernels(abc.ABC):
             b: Ring tensor of shape (..., k, n).
 
         Returns:
-            `a @ b` mod 2^64, of shape (..., m, n), by the route `matmul_method` names.
+            `a @ b` mod 2^64, of shape (..., m, n), by the route `matmul_route` names.
 
         Raises:
             ValueError: If the shapes do not multiply.
         """
         matmul_shape(self.shape(a), self.shape(b))
-        return self._matmul_routes()[self.matmul_route(a, b)](a, b)
+        route = self.matmul_route(a, b)
+        self.prepared.note(a)
+        self.prepared.note(b)
+        return self._matmul_routes()[route](a, b)
 
-    def matmul_route(self, a: Tensor, b: Tensor) -> str:
-        """The route `matmul(a, b)` takes: `matmul_method`, with "auto" resolved."""
-        if self.matmul_method == "auto":
-            return self._auto_matmul_method(a, b)
-        return self.matmul_method
+    def matmul_route(self, a: Tensor, b: Tensor) -> RouteChoice:
+        """The route `matmul(a, b)` takes, and why (a `RouteChoice`, which is a `str`).
+
+        With `matmul_method="auto"` the route is the fastest of
+        `matmul_candidates(a, b)` as timed on this machine the first time
+        this shape class was met (see `routes.py`); otherwise it is
+        `matmul_method`.
+        """
+        if self.matmul_method != "auto":
+            return RouteChoice(
+                self.matmul_method, "configured", f"matmul_method={self.matmul_method!r}"
+            )
+        a_shape, b_shape = self.shape(a), self.shape(b)
+        out = matmul_shape(a_shape, b_shape)
+        batch = int(np.prod(out[:-2], dtype=np.int64))
+        key = (
+            "matmul",
+            *self._context_key(a, b),
+            *shape_class(batch, a_shape[-2], a_shape[-1], b_shape[-1]),
+            self._is_reused(a, "left"),
+            self._is_reused(b, "right"),
+        )
+        names = self.matmul_candidates(a, b)
+        return self._choose(
+            key,
+            names,
+            lambda: {name: self._matmul_probe(name, a, b) for name in names},
+            self._static_matmul_route(a, b),
+            (a, b),
+        )
+
+    def matmul_candidates(self, a: Tensor, b: Tensor) -> list[str]:
+        """The exact routes "auto" chooses among for these operands (library and device dependent)."""
+        return ["native", "limbs"]
 
     def matmul_limbs(self, a: Tensor, b: Tensor, depth_chunk: int = MAX_EXACT_DEPTH) -> Tensor:
         """`a @ b` mod 2^64 from exact float64 GEMMs on limbs (see `limbs.py`).
 
-        The route used for CUDA tensors, callable on any device so that tests
-        can check it on CPU. `depth_chunk` (at most `MAX_EXACT_DEPTH`) bounds
-        the depth multiplied in one float64 GEMM.
+        The route used where int64 matmul is slow or missing (CUDA), callable
+        on any device so that tests can check it on CPU. `depth_chunk` (at most
+        `MAX_EXACT_DEPTH`) bounds the depth multiplied in one float64 GEMM; the
+        route never exceeds `KARATSUBA_MAX_DEPTH`. Splits of operands seen
+        before (or named by `prepare`) are reused.
         """
         matmul_shape(self.shape(a), self.shape(b))
-        return limb_matmul(self, a, b, depth_chunk)
+        if not 1 <= depth_chunk <= MAX_EXACT_DEPTH:
+            return limb_matmul(self, a, b, depth_chunk)  # raises the documented ValueError
+        return self._matmul_limbs(a, b, chunk=min(depth_chunk, KARATSUBA_MAX_DEPTH))
+
+    def prepare(self, tensor: Tensor) -> Tensor:
+        """Marks `tensor` as an operand of many products (a weight): its splits are kept.
+
+        The split into limbs (or bytes) is made on the first product that needs
+        it and reused for as long as `tensor` lives unchanged; without
+        `prepare` that happens from the second product on. Returns `tensor`.
+        """
+        self.prepared.pin(tensor)
+        return tensor
+
+    def limb_operand(self, tensor: Tensor, side: str, chunk: int = KARATSUBA_MAX_DEPTH, owner=None):
+        """The `limbs.LimbOperand` of `tensor` (kept for reused tensors; see `prepare`).
+
+        Args:
+            tensor: A ring operand.
+            side: "left" or "right" in the product.
+            chunk: Depth per chunk.
+            owner: The tensor whose identity the split is kept under (default
+                `tensor`; conv2d keeps the split of its reshaped kernel under the kernel).
+        """
+        owner = tensor if owner is None else owner
+        return self._kept(
+            owner,
+            ("limbs", side, chunk, self.shape(tensor)),
+            lambda: self._split_for_limbs(tensor, side, chunk),
+        )
+
+    def _split_for_limbs(self, tensor: Tensor, side: str, chunk: int):
+        """`limbs.prepare_limb_operand` (libraries override it with a fused version)."""
+        return prepare_limb_operand(self, tensor, side, chunk)
+
+    def _matmul_limbs(self, a, b, chunk: int = KARATSUBA_MAX_DEPTH, b_owner=None):
+        left = self.limb_operand(a, "left", chunk)
+        right = self.limb_operand(b, "right", chunk, owner=b_owner)
+        return self._limb_product(left, right, chunk)
+
+    def _limb_product(self, left, right, chunk: int):
+        """`limbs.limb_matmul` of two split operands (libraries may run it as one graph)."""
+        return limb_matmul(self, left, right, chunk)
 
     def _matmul_routes(self) -> dict[str, Any]:
-        """Route name -> function; "auto" resolves to one of the others."""
-        return {"auto": None, "native": self._matmul_native, "limbs": self.matmul_limbs}
+        """Route name -> function(a, b, b_owner=None); "auto" resolves to one of the others."""
+        return {
+            "auto": None,
+            "native": lambda a, b, b_owner=None: self._matmul_native(a, b),
+            "limbs": lambda a, b, b_owner=None: self._matmul_limbs(a, b, b_owner=b_owner),
+        }
 
-    @abc.abstractmethod
-    def _auto_matmul_method(self, a: Tensor, b: Tensor) -> str:
-        """The route "auto" takes for these operands (measured per library)."""
+    def _static_matmul_route(self, a: Tensor, b: Tensor) -> str:
+        """The route "auto" takes when measurement is off (PRIVKERAS_ROUTE_CACHE=off)."""
+        return "native"
 
     @abc.abstractmethod
     def _matmul_native(self, a: Tensor, b: Tensor) -> Tensor:
         """The library's own int64 matmul (which wraps mod 2^64)."""
 
-    def _limb_matmul_exact(self, a: Tensor, b: Tensor) -> Tensor:
-        """One depth chunk (depth <= MAX_EXACT_DEPTH) of `matmul_limbs`."""
-        return limb_matmul_exact(self, a, b)
+    # -- the float64 interface the limb routes are built on -------------------------
+    @abc.abstractmethod
+    def to_float64(self, a: Tensor) -> Tensor:
+        """int64 -> float64 of the same library (exact for the small limbs it is given)."""
 
     @abc.abstractmethod
-    def _to_float64(self, a: Tensor) -> Tensor:
-        """int64 -> float64 (exact for the small limbs it is given)."""
+    def float_matmul(self, a: Tensor, b: Tensor) -> Tensor:
+        """float64 matmul with broadcast batch axes (BLAS / cuBLAS)."""
 
     @abc.abstractmethod
-    def _float_matmul(self, a: Tensor, b: Tensor) -> Tensor:
-        """float64 matmul (BLAS / cuBLAS)."""
+    def float_to_ring(self, a: Tensor) -> Tensor:
+        """float64 holding exact integers of magnitude at most 2^53 -> int64."""
 
-    @abc.abstractmethod
-    def _float_to_ring(self, a: Tensor) -> Tensor:
-        """float64 holding exact integers below 2^53 -> int64."""
+    # -- measured routes and kept splits (library hooks) ------------------------------
+    def _context_key(self, *tensors: Tensor) -> tuple:
+        """What besides shapes changes timings (device, threads): part of each route key."""
+        return ()
+
+    def _library_version(self) -> str:
+        return ""
+
+    def _synchronize(self) -> None:
+        """Waits for queued work (accelerators), so that timings are real."""
+        return None
+
+    def _operand_version(self, tensor: Tensor) -> int | None:
+        """A version that changes with every write to `tensor`, or None: splits not kept."""
+        return None
+
+    def _can_time(self, *tensors: Tensor) -> bool:
+        """Whether these operands hold values now (not symbolic graph tensors)."""
+        return True
+
+    def _is_reused(self, tensor: Tensor, side: str) -> bool:
+        return self.prepared.is_reused(tensor)
+
+    def _kept(self, owner: Tensor, key: tuple, make):
+        timing = getattr(self._timing, "on", False)
+        keep = None
+        if timing:  # timing runs record no sighting; a reused operand's split is kept
+            keep = self.prepared.is_reused(owner)
+        return self.prepared.get(owner, key, make, keep=keep)
+
+    def _choose(self, key, names, make_candidates, static: str, tensors) -> RouteChoice:
+        if not self._can_time(*tensors):
+            known = self.routes.lookup(key)
+            if known is not None:
+                return known.cached()
+            return RouteChoice(static, "static", "graph tensors cannot be timed", shape_class=key)
+
+        def timed_candidates():
+            return {name: self._timed_run(fn) for name, fn in make_candidates().items()}
+
+        return self.routes.choose(key, timed_candidates, static, names)
+
+    def _timed_run(self, fn):
+        def run():
+            self._timing.on = True
+            try:
+                return fn()
+            finally:
+                self._timing.on = False
+
+        return run
+
+    def _matmul_probe(self, route: str, a: Tensor, b: Tensor):
+        """A zero-argument run of `route` on (a slice of the rows of) these operands."""
+        fn = self._matmul_routes()[route]
+        a_shape, b_shape = self.shape(a), self.shape(b)
+        volume = matmul_volume(a_shape, b_shape)
+        if volume > PROBE_VOLUME and not self._is_reused(a, "left") and a_shape[-2] > 1:
+            rows = max(1, int(a_shape[-2] * PROBE_VOLUME // volume))
+            a = self.getitem(a, (Ellipsis, slice(0, rows), slice(None)))
+        return lambda: fn(a, b)
 
     @abc.abstractmethod
     def sum(
@@ -381,12 +534,79 @@ class RingKernels(abc.ABC):
                 "Expected an NHWC input and an HWIO kernel with matching channels. "
                 f"Received: shapes {x_shape} and {k_shape}"
             )
-        kh, kw, c_in, c_out = k_shape
-        n = x_shape[0]
+        padding = padding.upper() if isinstance(padding, str) else padding
+        conv_output_padding(x_shape[1], k_shape[0], strides[0], padding)  # validates
+        conv_output_padding(x_shape[2], k_shape[1], strides[1], padding)
+        route = self.conv2d_route(x, kernel, strides, padding)
+        self.prepared.note(kernel)
+        return self._conv2d_by(route, x, kernel, strides, padding)
+
+    def conv2d_route(
+        self,
+        x: Tensor,
+        kernel: Tensor,
+        strides: int | Sequence[int] = (1, 1),
+        padding: str = "VALID",
+    ) -> RouteChoice:
+        """The route `conv2d` takes: im2col into a matmul route, or the library's direct conv.
+
+        "auto" times the candidates per configuration (input shape class,
+        kernel shape, strides, padding) on this machine, as `matmul_route` does.
+        """
+        strides = _pair_of_strides(strides)
+        padding = padding.upper() if isinstance(padding, str) else padding
+        if self.matmul_method != "auto":
+            return RouteChoice(
+                self.matmul_method, "configured", f"matmul_method={self.matmul_method!r}"
+            )
+        n, h, w, c = self.shape(x)
+        key = (
+            "conv2d",
+            *self._context_key(x, kernel),
+            *shape_class(n),
+            h,
+            w,
+            c,
+            *self.shape(kernel),
+            *strides,
+            padding,
+            self._is_reused(kernel, "right"),
+        )
+        names = self.conv2d_candidates(x, kernel)
+
+        def candidates():
+            return {
+                name: (lambda name=name: self._conv2d_by(name, x, kernel, strides, padding))
+                for name in names
+            }
+
+        return self._choose(
+            key, names, candidates, self._static_conv2d_route(x, kernel), (x, kernel)
+        )
+
+    def conv2d_candidates(self, x: Tensor, kernel: Tensor) -> list[str]:
+        """The routes "auto" chooses among for a convolution: the GEMM routes of im2col."""
+        kh, kw, c, c_out = self.shape(kernel)
+        n = self.shape(x)[0]
+        probe = self.zeros((max(n, 1), kh * kw * c))
+        return self.matmul_candidates(probe, self.zeros((kh * kw * c, c_out)))
+
+    def _static_conv2d_route(self, x: Tensor, kernel: Tensor) -> str:
+        return "native"
+
+    def _conv2d_direct(self, x, kernel, strides, padding):
+        raise ValueError(f"Expected a conv2d route of {self.name}. Received: 'direct'")
+
+    def _conv2d_by(self, route, x, kernel, strides, padding):
+        if route == "direct":
+            return self._conv2d_direct(x, kernel, strides, padding)
+        kh, kw, c_in, c_out = self.shape(kernel)
+        n = self.shape(x)[0]
         patches = self.extract_patches(x, (kh, kw), strides, padding)
         _, oh, ow, _, _ = self.shape(patches)
         cols = self.reshape(patches, (n * oh * ow, kh * kw * c_in))
-        out = self.matmul(cols, self.reshape(kernel, (kh * kw * c_in, c_out)))
+        weights = self.reshape(kernel, (kh * kw * c_in, c_out))
+        out = self._matmul_routes()[route](cols, weights, b_owner=kernel)
         return self.reshape(out, (n, oh, ow, c_out))
 
 

@@ -2,95 +2,72 @@
 
 numpy's int64 arithmetic wraps around mod 2^64, but its int64 matmul has no
 BLAS behind it; large products go through exact float64 GEMMs on limbs
-(OpenBLAS, see `limbs.py`), several times faster with the same bits. The limb
-route works in place in per-thread scratch buffers: fresh multi-megabyte
-temporaries cost more in page faults than the GEMMs themselves.
+(OpenBLAS, see `limbs.py`), several times faster with the same bits. Which
+one "auto" takes is timed per shape class on the machine at hand
+(`routes.py`); with measurement off, the volume and intensity rule below
+decides.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from privkeras.core.kernels.base import RingKernels, as_ring_numpy, matmul_shape, matmul_volume
-from privkeras.core.kernels.limbs import LIMB_BITS, PRODUCT_TERMS
+from privkeras.core.kernels.base import RingKernels, as_ring_numpy, matmul_volume
+from privkeras.core.kernels.limbs import LimbOperand, check_exact_depth, depth_chunks
 
 __all__ = ["NUMPY_LIMBS_MIN_INTENSITY", "NUMPY_LIMBS_MIN_VOLUME", "NumpyKernels"]
 
-#: "auto" matmul uses limbs from this many multiply-adds on (numpy's int64
-#: loop wins at 48^3 and loses at 96^3 on the benchmark machine) ...
+#: With PRIVKERAS_ROUTE_CACHE=off, "auto" uses limbs from this many multiply-adds on
+#: (numpy's int64 loop won at 48^3 and lost at 96^3 on the machine that set it) ...
 NUMPY_LIMBS_MIN_VOLUME = 64**3
 #: ... and where each operand element takes part in this many multiply-adds
-#: (m k n / (m k + k n + m n)): splitting into limbs costs per element, so
-#: thin products such as im2col with few channels stay with the int64 loop.
+#: (m k n / (m k + k n + m n)): splitting into limbs costs per element.
 NUMPY_LIMBS_MIN_INTENSITY = 14.0
 
-#: Most bytes of scratch buffers one thread keeps between calls; beyond it,
-#: buffers are allocated per call (their page faults matter less next to big GEMMs).
-SCRATCH_BUDGET_BYTES = 64 * 2**20
+
+def _read_only(array: np.ndarray) -> bool:
+    """Whether nothing can write `array`'s memory through numpy (it and every base read-only)."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable:
+            return False
+        array = array.base
+    return array is None or isinstance(array, bytes)
 
 
-class _Scratch(threading.local):
-    """Per-thread reusable buffers, one per role, re-made when the shape changes."""
-
-    def __init__(self):
-        self.buffers: dict[str, np.ndarray] = {}
-
-    def get(self, role: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-        buffer = self.buffers.pop(role, None)
-        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
-            buffer = np.empty(shape, dtype=dtype)
-        kept = sum(b.nbytes for b in self.buffers.values())
-        if kept + buffer.nbytes <= SCRATCH_BUDGET_BYTES:
-            self.buffers[role] = buffer
-        return buffer
-
-
-_SCRATCH = _Scratch()
-
-
-def _split_limbs_into(a: np.ndarray, limbs: Sequence[np.ndarray], role: str) -> None:
-    """`limbs.split_limbs` for numpy, writing limb i into the float64 view `limbs[i]`."""
-    rest = _SCRATCH.get(role + "/rest", a.shape, np.int64)
-    low = _SCRATCH.get(role + "/low", a.shape, np.int64)
-    np.add(a, 1 << (LIMB_BITS[0] - 1), out=rest)
-    for index, (width, limb) in enumerate(zip(LIMB_BITS, limbs)):
-        np.bitwise_and(rest, (1 << width) - 1, out=low)
-        np.copyto(limb, low, casting="unsafe")
-        limb -= 1 << (width - 1)
-        if index + 1 < len(LIMB_BITS):
-            np.right_shift(rest, width, out=rest)
-            rest += 1 << (LIMB_BITS[index + 1] - 1)
-
-
-def _limb_products(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
-    """The six limb products of `PRODUCT_TERMS` from three BLAS calls.
-
-    Limbs are laid out so that one GEMM yields several products:
-    [A0; A1; A2] @ B0, A0 @ [B1 B2] and A1 @ B1. Fewer, larger calls cost less
-    Python and fewer BLAS thread wake-ups than six. Results are scratch views.
-    """
-    *a_batch, m, k = a.shape
-    *b_batch, _, n = b.shape
-    batch = np.broadcast_shapes(tuple(a_batch), tuple(b_batch))
-    a_stack = _SCRATCH.get("a/limbs", (*a_batch, 3 * m, k), np.float64)
-    b_low = _SCRATCH.get("b/limb0", b.shape, np.float64)
-    b_high = _SCRATCH.get("b/limbs12", (*b_batch, k, 2 * n), np.float64)
-    a_limbs = [a_stack[..., i * m : (i + 1) * m, :] for i in range(len(LIMB_BITS))]
-    _split_limbs_into(a, a_limbs, "a")
-    _split_limbs_into(b, (b_low, b_high[..., :n], b_high[..., n:]), "b")
-    by_b0 = np.matmul(a_stack, b_low, out=_SCRATCH.get("by_b0", (*batch, 3 * m, n), np.float64))
-    by_a0 = np.matmul(a_limbs[0], b_high, out=_SCRATCH.get("by_a0", (*batch, m, 2 * n), np.float64))
-    a1_b1 = np.matmul(
-        a_limbs[1], b_high[..., :n], out=_SCRATCH.get("a1_b1", (*batch, m, n), np.float64)
-    )
-    products = {(i, 0): by_b0[..., i * m : (i + 1) * m, :] for i in range(len(LIMB_BITS))}
-    products.update({(0, j): by_a0[..., (j - 1) * n : j * n] for j in (1, 2)})
-    products[(1, 1)] = a1_b1
-    return products
+def split_for_limbs(a: np.ndarray, side: str, chunk: int) -> LimbOperand:
+    """`limbs.prepare_limb_operand` in place: nine integer passes, five float64 writes."""
+    check_exact_depth(chunk)
+    a = np.asarray(a)
+    a0 = np.left_shift(a, 42)
+    a0 >>= 42
+    rest = np.subtract(a, a0)
+    rest >>= 22
+    a1 = np.left_shift(rest, 43)
+    a1 >>= 43
+    rest -= a1
+    rest <<= 22
+    rest >>= 43  # a2
+    depth_axis = a.ndim - 1 if side == "left" else a.ndim - 2
+    batched, paired = [], []
+    for cut in depth_chunks(a.shape[depth_axis], chunk):
+        index = (Ellipsis, cut) if side == "left" else (Ellipsis, cut, slice(None))
+        c0, c1, c2 = a0[index], a1[index], rest[index]
+        stack = np.empty((3, *c0.shape), dtype=np.float64)
+        np.copyto(stack[0], c0, casting="unsafe")
+        np.copyto(stack[1], c1, casting="unsafe")
+        np.add(stack[0], stack[1], out=stack[2])
+        pair = np.concatenate(
+            (stack[0], c2) if side == "left" else (c2, stack[0]),
+            axis=depth_axis,
+            dtype=np.float64,
+            casting="unsafe",
+        )
+        batched.append(stack)
+        paired.append(pair)
+    return LimbOperand(side, a.shape, chunk, tuple(batched), tuple(paired))
 
 
 class NumpyKernels(RingKernels):
@@ -123,40 +100,32 @@ class NumpyKernels(RingKernels):
     def mul(self, a, b):
         return np.multiply(a, b, dtype=np.int64)
 
-    def _auto_matmul_method(self, a, b) -> str:
+    def _static_matmul_route(self, a, b) -> str:
         a_shape, b_shape = np.shape(a), np.shape(b)
         (m, k), n = a_shape[-2:], b_shape[-1]
         intensity = m * k * n / max(m * k + k * n + m * n, 1)
         big = matmul_volume(a_shape, b_shape) >= NUMPY_LIMBS_MIN_VOLUME
         return "limbs" if big and intensity >= NUMPY_LIMBS_MIN_INTENSITY else "native"
 
+    def _library_version(self) -> str:
+        return np.__version__
+
+    def _split_for_limbs(self, tensor, side, chunk):
+        return split_for_limbs(tensor, side, chunk)
+
+    def _operand_version(self, tensor) -> int | None:
+        return 0 if isinstance(tensor, np.ndarray) and _read_only(tensor) else None
+
     def _matmul_native(self, a, b):
         return np.matmul(a, b, dtype=np.int64)
 
-    def _limb_matmul_exact(self, a, b):
-        a, b = np.asarray(a), np.asarray(b)
-        shape = matmul_shape(a.shape, b.shape)
-        products = _limb_products(a, b)
-        exact = _SCRATCH.get("exact", shape, np.float64)
-        term = _SCRATCH.get("term", shape, np.int64)
-        out = np.zeros(shape, dtype=np.int64)
-        for shift, pairs in PRODUCT_TERMS:
-            (i, j), *others = pairs
-            np.copyto(exact, products[(i, j)])
-            for i, j in others:
-                exact += products[(i, j)]
-            np.copyto(term, exact, casting="unsafe")
-            term <<= shift
-            out += term
-        return out
-
-    def _to_float64(self, a):
+    def to_float64(self, a):
         return np.asarray(a, dtype=np.float64)
 
-    def _float_matmul(self, a, b):
+    def float_matmul(self, a, b):
         return np.matmul(a, b)
 
-    def _float_to_ring(self, a):
+    def float_to_ring(self, a):
         return a.astype(np.int64)
 
     def sum(self, a, axis=None, keepdims=False):

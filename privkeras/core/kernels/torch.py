@@ -1,8 +1,11 @@
 """Ring kernels on torch int64 tensors, on CPU or CUDA.
 
-On CPU torch's own int64 matmul is the fastest exact route. CUDA has no int64
-matmul at all, so CUDA tensors are multiplied by float64 GEMMs on limbs
-(`limbs.py`); `matmul_method="limbs"` runs that same route on CPU for tests.
+On CPU, torch's own int64 matmul is as fast as float64 GEMM where the CPU
+has a 64-bit vector multiply (AVX-512DQ) and 25-40x slower where it has not
+(AVX2 only), so "auto" times the routes per shape class on the machine at
+hand (`routes.py`). CUDA has no int64 matmul at all: CUDA tensors are
+multiplied by float64 GEMMs on limbs (`limbs.py`); `matmul_method="limbs"`
+runs that same route on CPU for tests.
 """
 
 from __future__ import annotations
@@ -14,8 +17,44 @@ import numpy as np
 import torch
 
 from privkeras.core.kernels.base import RingKernels, as_ring_numpy
+from privkeras.core.kernels.limbs import LimbOperand, check_exact_depth, depth_chunks
 
 __all__ = ["TorchKernels"]
+
+
+def split_for_limbs(a: torch.Tensor, side: str, chunk: int) -> LimbOperand:
+    """`limbs.prepare_limb_operand` with in-place torch ops (nine integer passes)."""
+    check_exact_depth(chunk)
+    a0 = torch.bitwise_left_shift(a, 42)
+    a0.bitwise_right_shift_(42)
+    rest = torch.sub(a, a0)
+    rest.bitwise_right_shift_(22)
+    a1 = torch.bitwise_left_shift(rest, 43)
+    a1.bitwise_right_shift_(43)
+    rest.sub_(a1)
+    rest.bitwise_left_shift_(22)
+    rest.bitwise_right_shift_(43)  # a2
+    depth_axis = a.dim() - 1 if side == "left" else a.dim() - 2
+    batched, paired = [], []
+    for cut in depth_chunks(a.shape[depth_axis], chunk):
+        index = (Ellipsis, cut) if side == "left" else (Ellipsis, cut, slice(None))
+        c0, c1, c2 = a0[index], a1[index], rest[index]
+        stack = torch.empty((3, *c0.shape), dtype=torch.float64, device=a.device)
+        stack[0].copy_(c0)
+        stack[1].copy_(c1)
+        torch.add(stack[0], stack[1], out=stack[2])
+        pair_shape = list(c0.shape)
+        pair_shape[depth_axis] *= 2
+        pair = torch.empty(pair_shape, dtype=torch.float64, device=a.device)
+        width = c0.shape[depth_axis]
+        first, second = pair.narrow(depth_axis, 0, width), pair.narrow(depth_axis, width, width)
+        (first.copy_(stack[0]), second.copy_(c2)) if side == "left" else (
+            first.copy_(c2),
+            second.copy_(stack[0]),
+        )
+        batched.append(stack)
+        paired.append(pair)
+    return LimbOperand(side, tuple(a.shape), chunk, tuple(batched), tuple(paired))
 
 
 class TorchKernels(RingKernels):
@@ -62,19 +101,42 @@ class TorchKernels(RingKernels):
     def mul(self, a, b):
         return torch.mul(a, b)
 
-    def _auto_matmul_method(self, a, b) -> str:
+    def matmul_candidates(self, a, b) -> list[str]:
+        if a.device.type != "cpu" or b.device.type != "cpu":
+            return ["limbs"]  # torch has no int64 matmul on CUDA
+        return ["native", "limbs"]
+
+    def _static_matmul_route(self, a, b) -> str:
         return "native" if a.device.type == "cpu" else "limbs"
+
+    def _context_key(self, *tensors) -> tuple:
+        return (tensors[0].device.type, torch.get_num_threads())
+
+    def _library_version(self) -> str:
+        return torch.__version__
+
+    def _split_for_limbs(self, tensor, side, chunk):
+        return split_for_limbs(tensor, side, chunk)
+
+    def _synchronize(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def _operand_version(self, tensor) -> int | None:
+        if not isinstance(tensor, torch.Tensor) or tensor.requires_grad:
+            return None
+        return tensor._version  # bumped by every in-place write, through any view
 
     def _matmul_native(self, a, b):
         return torch.matmul(a, b)
 
-    def _to_float64(self, a):
+    def to_float64(self, a):
         return a.to(torch.float64)
 
-    def _float_matmul(self, a, b):
+    def float_matmul(self, a, b):
         return torch.matmul(a, b)
 
-    def _float_to_ring(self, a):
+    def float_to_ring(self, a):
         return a.to(torch.int64)
 
     def sum(self, a, axis=None, keepdims=False):

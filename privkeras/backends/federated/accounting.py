@@ -1,0 +1,228 @@
+"""Privacy accounting of federated rounds on Google's `dp-accounting`.
+
+One round of DP-FedAvg is one sampled Gaussian mechanism: each owner joins
+with probability q (`fraction_fit`, Poisson sampling), its update is clipped
+to `clip_norm`, and Gaussian noise of std `noise_multiplier * clip_norm` is
+added to the sum. Epsilon is for add-or-remove-one-owner neighbours
+(client-level DP, McMahan et al., ICLR 2018). The same mechanism, with
+examples for owners, is one DP-SGD step: an owner's own record-level ledger
+(`local_privacy`) is accounted here too.
+
+Privacy loss distributions (`dp_accounting.pld`, Koskela et al. 2020;
+Doroshenko et al. 2022) with dp-accounting's default discretization (1e-4)
+give epsilon; the discretization is pessimistic, so it is an upper bound.
+The federated engine cannot import the DP-SGD engine (engines are
+independent), so this is its own small accountant on the same library.
+
+Example:
+
+```python
+from privkeras.backends.federated import accounting
+
+accounting.epsilon(0.1, 1.5, rounds=10, delta=1e-5)              # 1.30
+accounting.calibrate_noise(2.0, 0.1, rounds=10, delta=1e-5)      # ~1.17
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+from privkeras.errors import PrivacyPolicyError, format_received
+
+__all__ = [
+    "MAX_NOISE_MULTIPLIER",
+    "Mechanism",
+    "RoundLedger",
+    "calibrate_noise",
+    "epsilon",
+]
+
+#: Calibration never proposes more noise than this: beyond it the target is unreachable.
+MAX_NOISE_MULTIPLIER = 1000.0
+#: dp-accounting's default value discretization, for reported epsilons.
+INTERVAL = 1e-4
+#: A coarser one for the calibration search (checked with `INTERVAL` after).
+_SEARCH_INTERVAL = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class Mechanism:
+    """`count` sampled Gaussian mechanisms at sampling rate `sample_rate` and noise `noise_multiplier`."""
+
+    sample_rate: float
+    noise_multiplier: float
+    count: int = 1
+
+    def __post_init__(self):
+        if not 0 <= self.sample_rate <= 1:
+            raise PrivacyPolicyError(
+                "Expected sample_rate in [0, 1]. " + format_received(sample_rate=self.sample_rate)
+            )
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise PrivacyPolicyError(
+                "Expected noise_multiplier >= 0 and finite. "
+                + format_received(noise_multiplier=self.noise_multiplier)
+            )
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
+            raise PrivacyPolicyError(
+                "Expected count to be an integer >= 0. " + format_received(count=self.count)
+            )
+
+    @property
+    def spends_nothing(self) -> bool:
+        return self.count == 0 or self.sample_rate == 0
+
+
+@functools.lru_cache(maxsize=64)
+def _one_pld(sample_rate: float, noise_multiplier: float, interval: float):
+    return pld_lib.from_gaussian_mechanism(
+        standard_deviation=noise_multiplier,
+        sampling_prob=sample_rate,
+        value_discretization_interval=interval,
+    )
+
+
+def _check_delta(delta: float) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        raise PrivacyPolicyError("Expected delta in (0, 1). " + format_received(delta=delta))
+    return float(delta)
+
+
+def composed_epsilon(
+    mechanisms: Sequence[Mechanism], delta: float, interval: float = INTERVAL
+) -> float:
+    """Epsilon at `delta` of the composition of `mechanisms` (inf if one has no noise)."""
+    delta = _check_delta(delta)
+    live = [m for m in mechanisms if not m.spends_nothing]
+    if not live:
+        return 0.0
+    if any(m.noise_multiplier == 0 for m in live):
+        return math.inf
+    composed = None
+    for mechanism in live:
+        pld = _one_pld(mechanism.sample_rate, mechanism.noise_multiplier, interval)
+        pld = pld.self_compose(mechanism.count) if mechanism.count > 1 else pld
+        composed = pld if composed is None else composed.compose(pld)
+    return float(composed.get_epsilon_for_delta(delta))
+
+
+def epsilon(sample_rate: float, noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Client-level epsilon of `rounds` DP-FedAvg rounds (inf without noise).
+
+    Args:
+        sample_rate: Probability q that an owner joins a round, in [0, 1].
+        noise_multiplier: Noise std over the clip norm, >= 0.
+        rounds: Number of rounds, >= 0.
+        delta: Target delta, in (0, 1).
+    """
+    return composed_epsilon([Mechanism(sample_rate, noise_multiplier, rounds)], delta)
+
+
+def calibrate_noise(
+    target_epsilon: float,
+    sample_rate: float,
+    rounds: int,
+    delta: float,
+    prior: Sequence[Mechanism] = (),
+) -> float:
+    """The smallest noise multiplier (to 0.1%) spending at most `target_epsilon` in `rounds`.
+
+    Bisects with a coarse discretization, then raises the noise until the
+    reported (fine) epsilon holds, so the result never spends more than the target.
+
+    Raises:
+        PrivacyPolicyError: For arguments out of range, or a target that even
+            `MAX_NOISE_MULTIPLIER` cannot reach.
+    """
+    if not (isinstance(target_epsilon, (int, float)) and 0 < target_epsilon < math.inf):
+        raise PrivacyPolicyError(
+            "Expected target_epsilon > 0 and finite. "
+            + format_received(target_epsilon=target_epsilon)
+        )
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise PrivacyPolicyError("Expected rounds >= 1. " + format_received(rounds=rounds))
+
+    def spent(sigma: float, interval: float = _SEARCH_INTERVAL) -> float:
+        plan = [*prior, Mechanism(sample_rate, sigma, rounds)]
+        return composed_epsilon(plan, delta, interval)
+
+    if spent(MAX_NOISE_MULTIPLIER, INTERVAL) > target_epsilon:
+        raise PrivacyPolicyError(
+            f"Expected a target_epsilon reachable in {rounds} rounds at sampling rate "
+            f"{sample_rate:.4g}: even noise_multiplier={MAX_NOISE_MULTIPLIER:g} spends "
+            f"epsilon={spent(MAX_NOISE_MULTIPLIER, INTERVAL):.4g}. "
+            + format_received(target_epsilon=target_epsilon)
+        )
+    low, high = 0.0, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, min(2 * high, MAX_NOISE_MULTIPLIER)
+    if low == 0.0:
+        low = high / 2
+        while low > 0.05 and spent(low) <= target_epsilon:
+            low, high = low / 2, low
+    while high / low > 1.001:
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if spent(middle) <= target_epsilon else (middle, high)
+    while spent(high, INTERVAL) > target_epsilon:
+        high *= 1.001
+    return high
+
+
+class RoundLedger:
+    """The running record of sampled Gaussian mechanisms applied to one party's data.
+
+    Composes incrementally, so that epsilon after each round costs one PLD
+    composition rather than a composition from scratch.
+
+    Args:
+        delta: The delta epsilon is reported at.
+    """
+
+    def __init__(self, delta: float):
+        self.delta = _check_delta(delta)
+        self._mechanisms: list[Mechanism] = []
+        self._composed = None
+        self._infinite = False
+
+    @property
+    def mechanisms(self) -> tuple[Mechanism, ...]:
+        return tuple(self._mechanisms)
+
+    @property
+    def count(self) -> int:
+        return sum(m.count for m in self._mechanisms)
+
+    def record(self, sample_rate: float, noise_multiplier: float, count: int = 1) -> None:
+        """Adds `count` mechanisms at (`sample_rate`, `noise_multiplier`)."""
+        mechanism = Mechanism(sample_rate, noise_multiplier, count)
+        if mechanism.spends_nothing:
+            return
+        last = self._mechanisms[-1] if self._mechanisms else None
+        if last and (last.sample_rate, last.noise_multiplier) == (sample_rate, noise_multiplier):
+            self._mechanisms[-1] = dataclasses.replace(last, count=last.count + count)
+        else:
+            self._mechanisms.append(mechanism)
+        if noise_multiplier == 0:
+            self._infinite = True
+            return
+        pld = _one_pld(sample_rate, noise_multiplier, INTERVAL)
+        pld = pld.self_compose(count) if count > 1 else pld
+        self._composed = pld if self._composed is None else self._composed.compose(pld)
+
+    def epsilon(self) -> float:
+        """Epsilon of what is recorded (0 before anything, inf if a mechanism had no noise)."""
+        if self._infinite:
+            return math.inf
+        if self._composed is None:
+            return 0.0
+        return float(self._composed.get_epsilon_for_delta(self.delta))
+
+    def projected(self, extra: Sequence[Mechanism]) -> float:
+        """Epsilon if `extra` were recorded too."""
+        return composed_epsilon([*self._mechanisms, *extra], self.delta)
