@@ -30,15 +30,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--id", required=True, choices=ROLES, help="this party's name")
     options.add_transport_arguments(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=lambda args: options.run_command(serve, args))
 
 
-def run(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    options.configure_logging(args.log_level)
+    # A party only rebuilds architectures and computes on ring kernels: Keras's torch
+    # backend starts faster than TensorFlow (a `tfe` job still loads TensorFlow).
+    os.environ.setdefault("KERAS_BACKEND", "torch")
     node = options.node_from_args(args, name=args.id)  # every check before anything starts
+    import keras  # noqa: F401 - loaded before announcing ready, not during the first job
+
+    from privkeras.backends.mpc import party  # noqa: F401
     from privkeras.backends.mpc.network import PartyService
 
     PartyService(node, timeout=args.timeout)

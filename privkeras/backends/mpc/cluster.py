@@ -68,7 +68,9 @@ def make_runtime(spec: JobSpec, kernels: Any, communicator: Any) -> MPCRuntime:
 
     keys = None
     if spec.seed is None:
-        keys = agree_stream_keys(communicator, job_labels(spec.protocol, job_owners(spec)))
+        owners = job_owners(spec)
+        roles = (*job_roles(spec.protocol), *owners)
+        keys = agree_stream_keys(communicator, job_labels(spec.protocol, owners), roles)
     return MPCRuntime(
         spec.protocol,
         kernels=kernels,

@@ -162,7 +162,11 @@ def _to_wire(kernels: Any, tensor: Any, width: int) -> Any:
     from privkeras.net.wire import bits
 
     array = np.ascontiguousarray(kernels.to_numpy(tensor))
-    return bits(array) if width == 1 else array
+    # Single bits travel packed eight to a byte; a one-position word of a comparison
+    # (a bit kept at another position) travels whole.
+    if width == 1 and array.size and array.min() >= 0 and array.max() <= 1:
+        return bits(array)
+    return array
 
 
 class Outbox:
@@ -450,8 +454,10 @@ class NetworkCluster(Cluster):
 
     @contextlib.contextmanager
     def job(self, spec: JobSpec, kernels: Any, driver_roles: Sequence[str]) -> Iterator[MPCRuntime]:
+        from privkeras.core.kernels import get_kernels
         from privkeras.net import new_job_id
 
+        kernels = get_kernels(kernels) if isinstance(kernels, str) else kernels
         client = self.client
         job = new_job_id()
         roles = job_roles(spec.protocol)

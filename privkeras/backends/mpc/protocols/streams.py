@@ -93,13 +93,15 @@ def leader_of(label: str) -> str:
     return min(holders_of(label))  # pair/i/j, common and party/i: the lowest party
 
 
-def agree_stream_keys(communicator: Any, labels: Sequence[str]) -> dict[str, bytes]:
+def agree_stream_keys(
+    communicator: Any, labels: Sequence[str], roles: Sequence[str]
+) -> dict[str, bytes]:
     """Fresh 256-bit keys for the labels this process holds, agreed with their other holders.
 
     For each label (in the given order, the same in every process) its leader
     draws a key from `os.urandom` and sends it to the other holders over the
     job's authenticated, encrypted channels; keys held by one role only never
-    leave it. One setup round, not counted as protocol traffic.
+    leave it. `roles` are the job's roles (parties, dealer, owners). One setup round, not counted as protocol traffic.
 
     Notes:
         Semi-honest model: a leader is trusted to draw its key at random (as
@@ -110,7 +112,7 @@ def agree_stream_keys(communicator: Any, labels: Sequence[str]) -> dict[str, byt
     keys: dict[str, bytes] = {}
     pending: list[tuple[str, str, str]] = []
     for label in labels:
-        holders = holders_of(label)
+        holders = holders_of(label) & frozenset(roles)  # "common" is p0 and p1 under Pond
         if not placement.any_here(holders):
             continue
         lead = leader_of(label)
