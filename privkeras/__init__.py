@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     # submodules
     "dpsgd": "privkeras.dpsgd",
     "errors": "privkeras.errors",
+    "federated": "privkeras.federated",
     "layers": "privkeras.layers",
     "mpc": "privkeras.mpc",
     "policies": "privkeras.policies",
@@ -38,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "AuthenticationError": "privkeras.errors",
     "CapabilityError": "privkeras.errors",
     "EngineNotAvailableError": "privkeras.errors",
+    "InvalidInputError": "privkeras.errors",
     "PartyError": "privkeras.errors",
     "PrecisionOverflowError": "privkeras.errors",
     "PrivacyBudgetExceededError": "privkeras.errors",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see
         AuthenticationError,
         CapabilityError,
         EngineNotAvailableError,
+        InvalidInputError,
         PartyError,
         PrecisionOverflowError,
         PrivacyBudgetExceededError,

@@ -29,6 +29,16 @@ class EngineRegistrationError(RegistrationError):
     """An engine was registered twice or with an invalid declaration."""
 
 
+class InvalidInputError(PrivkerasError, ValueError):
+    """Data or loop arguments no engine can run on, refused before any step.
+
+    NaN or infinite values, inputs of the wrong shape, no samples, x, y and
+    sample_weight of different lengths, a `batch_size` that is not a positive
+    integer. Every engine raises this same type, with the same message, for
+    the same mistake.
+    """
+
+
 class CapabilityError(PrivkerasError, NotImplementedError):
     """The engine in use does not offer the requested operation."""
 

@@ -73,6 +73,33 @@ def _check_choice(cls_name: str, field: str, value: Any, choices: tuple) -> None
         raise _fail(cls_name, field, value, f"one of {list(choices)}")
 
 
+# -- names an engine registers --------------------------------------------------------------
+# Read from the engines' registries at validation time, never copied here. The imports are
+# lazy: `import privkeras.policies` stays free of TensorFlow and torch, and the registries
+# are complete by the time a policy is made (importing one engine module imports them all).
+def _registered_accountants() -> tuple[str, ...]:
+    from privkeras.backends.dpsgd.accountant import available_accountants
+
+    return tuple(available_accountants())
+
+
+def _registered_protocols() -> tuple[str, ...]:
+    from privkeras.backends.mpc.runtime import available_protocols
+
+    return tuple(available_protocols())
+
+
+def _registered_engine_variants(kind: str) -> tuple[str, ...]:
+    from privkeras.backends.registry import engine_variants
+
+    return engine_variants(kind)
+
+
+def _check_registered(cls_name: str, field: str, value: Any, names: tuple, what: str) -> None:
+    if value not in names:
+        raise _fail(cls_name, field, value, f"one of the registered {what} {list(names)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """Base class of privacy policies.
@@ -106,14 +133,16 @@ class DPSGD(Policy):
         delta: Target delta, in (0, 1).
         sampling: `"poisson"` (each example joins a batch independently with
             rate q, the assumption of the accountant) or `"shuffle"`.
-        accountant: `"pld"` (privacy loss distributions) or `"rdp"`.
+        accountant: A registered accountant: `"pld"` (privacy loss
+            distributions) or `"rdp"` ship with privkeras
+            (`privkeras.backends.dpsgd.accountant.register_accountant` adds
+            others).
         secure_noise: Draw the noise from the core's cryptographically secure
             stream instead of the backend's generator.
     """
 
     kind: ClassVar[str] = "dp-sgd"
     SAMPLINGS: ClassVar[tuple[str, ...]] = ("poisson", "shuffle")
-    ACCOUNTANTS: ClassVar[tuple[str, ...]] = ("pld", "rdp")
 
     l2_norm_clip: float = 1.0
     noise_multiplier: float | None = None
@@ -153,7 +182,9 @@ class DPSGD(Policy):
         if not 0 < delta < 1:
             raise _fail(name, "delta", self.delta, "in (0, 1)")
         _check_choice(name, "sampling", self.sampling, self.SAMPLINGS)
-        _check_choice(name, "accountant", self.accountant, self.ACCOUNTANTS)
+        _check_registered(
+            name, "accountant", self.accountant, _registered_accountants(), "accountants"
+        )
         if not isinstance(self.secure_noise, bool):
             raise _fail(name, "secure_noise", self.secure_noise, "to be a bool")
 
@@ -317,10 +348,11 @@ class MPC(Policy):
     """Secure multi-party computation on secret-shared data and models.
 
     Args:
-        protocol: `"pond"` (2 compute parties and a dealer of correlated
-            randomness) or `"aby3"` (3 parties, replicated sharing).
-        engine: `"tfe"` (TensorFlow tensors) or `"torch"`; `None` follows the
-            Keras backend.
+        protocol: A protocol registered with the MPC runtime: `"pond"` (2
+            compute parties and a dealer of correlated randomness) or
+            `"aby3"` (3 parties, replicated sharing) ship with privkeras.
+        engine: A registered MPC engine variant, `"tfe"` (TensorFlow tensors)
+            or `"torch"`; `None` follows the Keras backend.
         precision_bits: Fractional bits of the fixed-point encoding, in [1, 40].
         seed: Optional integer seed that makes every share reproducible. For
             tests only: it warns that the run is not secure.
@@ -335,8 +367,6 @@ class MPC(Policy):
     """
 
     kind: ClassVar[str] = "mpc"
-    PROTOCOLS: ClassVar[tuple[str, ...]] = ("pond", "aby3")
-    ENGINES: ClassVar[tuple[str | None, ...]] = (None, "tfe", "torch")
     #: The party processes each protocol needs.
     ROLES: ClassVar[dict[str, tuple[str, ...]]] = {
         "pond": ("p0", "p1", "dealer"),
@@ -352,8 +382,10 @@ class MPC(Policy):
 
     def __post_init__(self):
         name = type(self).__name__
-        _check_choice(name, "protocol", self.protocol, self.PROTOCOLS)
-        _check_choice(name, "engine", self.engine, self.ENGINES)
+        _check_registered(name, "protocol", self.protocol, _registered_protocols(), "protocols")
+        if self.engine is not None:
+            variants = _registered_engine_variants(self.kind)
+            _check_registered(name, "engine", self.engine, variants, "MPC engines (or None)")
         _check_int(name, "precision_bits", self.precision_bits, 1, 40)
         _check_positive(name, "timeout", self.timeout)
         if self.parties is not None:
@@ -374,7 +406,9 @@ def _party_addresses(name: str, protocol: str, parties: Any) -> tuple[tuple[str,
         pairs = dict(parties.items() if hasattr(parties, "items") else parties)
     except (TypeError, ValueError):
         raise _fail(name, "parties", parties, 'to map party names to "host:port"') from None
-    expected = MPC.ROLES[protocol]
+    expected = MPC.ROLES.get(protocol)
+    if expected is None:
+        raise _fail(name, "protocol", protocol, f"with party processes, one of {sorted(MPC.ROLES)}")
     if sorted(pairs) != sorted(expected):
         raise _fail(
             name, "parties", sorted(pairs), f"to name exactly {list(expected)} for {protocol!r}"

@@ -18,7 +18,7 @@ from privkeras import policies
         (lambda: pk.DPSGD(noise_multiplier=1.0, sampling="random"), "sampling", "poisson"),
         (lambda: pk.DPSGD(noise_multiplier=1.0, accountant="gdp"), "accountant", "pld"),
         (lambda: pk.DPSGD(target_epsilon=-3.0), "target_epsilon", "> 0"),
-        (lambda: pk.MPC(protocol="spdz"), "protocol", "['pond', 'aby3']"),
+        (lambda: pk.MPC(protocol="spdz"), "protocol", "['aby3', 'pond']"),
         (lambda: pk.MPC(engine="jax"), "engine", "'tfe'"),
         (lambda: pk.MPC(precision_bits=64), "precision_bits", "[1, 40]"),
         (lambda: pk.MPC(precision_bits=True), "precision_bits", "integer"),
@@ -116,3 +116,64 @@ def test_non_policy_object_is_refused():
 def test_deserialize_refuses_unknown_kind():
     with pytest.raises(pk.PrivacyPolicyError, match="kind in"):
         policies.deserialize({"kind": "magic", "config": {}})
+
+
+# -- accepted names come from the engines' registries (issue 8) ---------------------------------
+def test_policies_accept_what_the_registries_hold_and_nothing_else():
+    from privkeras.backends.dpsgd.accountant import available_accountants
+    from privkeras.backends.mpc import runtime
+    from privkeras.backends.mpc.protocols.pond import PondProtocol
+
+    class TestProtocol(PondProtocol):
+        name = "pond-policy-test"
+
+    with pytest.raises(pk.PrivacyPolicyError, match="registered protocols"):
+        pk.MPC(protocol=TestProtocol.name)
+    runtime.register_protocol(TestProtocol)
+    try:
+        assert pk.MPC(protocol=TestProtocol.name).protocol == TestProtocol.name
+    finally:
+        runtime.PROTOCOLS.unregister(TestProtocol.name)
+    with pytest.raises(pk.PrivacyPolicyError, match=r"\['aby3', 'pond'\]"):
+        pk.MPC(protocol=TestProtocol.name)
+    with pytest.raises(pk.PrivacyPolicyError) as info:
+        pk.DPSGD(noise_multiplier=1.0, accountant="gdp")
+    assert f"registered accountants {available_accountants()}" in str(info.value)
+
+
+def test_mpc_engine_names_are_the_registered_variants():
+    from privkeras.backends import registry
+    from privkeras.backends.mpc import MPCTorchEngine
+
+    class OtherVariant(MPCTorchEngine):
+        name = "mpc-policy-test"
+        variant = "policy-test"
+
+    with pytest.raises(pk.PrivacyPolicyError, match=r"registered MPC engines.*\['tfe', 'torch'\]"):
+        pk.MPC(engine="policy-test")
+    registry.register_engine(OtherVariant)
+    try:
+        assert pk.MPC(engine="policy-test").engine == "policy-test"
+    finally:
+        registry.unregister_engine(OtherVariant.name)
+    assert pk.MPC(engine=None).engine is None
+
+
+def test_importing_the_policies_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, privkeras.policies; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tensorflow', 'torch', 'keras', 'tenseal', 'jax'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+    assert "tensorflow" not in result.stderr  # -X importtime lists every module imported

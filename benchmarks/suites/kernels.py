@@ -20,8 +20,11 @@ Rows:
 - `SecureStream.<kind>`: AES-CTR stream throughput in MB of output per
   second, against numpy's (non-cryptographic) PCG64 generator.
 
-torch runs on one thread (as the mpc suite and the issue's table do);
-numpy's BLAS and TensorFlow keep their defaults. The box may be shared with
+Every library runs on one thread (torch as the mpc suite and the issue's
+table do; numpy's BLAS through threadpoolctl; TensorFlow's intra-op pool
+where it is not initialized yet): on a shared 2-core box a second BLAS
+thread spins against other processes and turns 0.03 ms GEMMs into 40 ms
+ones. `machine` records what each library got. The box may be shared with
 other processes: `load_1min_before` records the load, and ratios come from
 interleaved rounds in one process.
 """
@@ -274,7 +277,33 @@ def _stream_rows(quick: bool, rounds: int) -> list[dict]:
     return rows
 
 
-def _machine_row() -> dict:
+def _one_thread_each() -> dict:
+    """One compute thread per library, where it can still be set; what each got."""
+    import tensorflow as tf
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialized by an earlier suite
+        pass
+    blas = None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        blas = threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        pass
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "tensorflow_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "numpy_blas_threads": 1 if blas is not None else "default",
+        "_keep": blas,
+    }
+
+
+def _machine_row(threads: dict) -> dict:
     import tensorflow as tf
     import torch
 
@@ -292,9 +321,9 @@ def _machine_row() -> dict:
         platform=platform.platform(),
         numpy=np.__version__,
         torch=torch.__version__,
-        torch_threads=torch.get_num_threads(),
         torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
         tensorflow=tf.__version__,
+        **{k: v for k, v in threads.items() if not k.startswith("_")},
         note="box shared with other processes; ratios from interleaved rounds in one process",
     )
 
@@ -302,13 +331,13 @@ def _machine_row() -> dict:
 def run(quick: bool) -> list[dict]:
     """All kernel rows; `quick` keeps the shapes and routes but times fewer rounds."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import torch
-
-    torch.set_num_threads(1)
+    threads = _one_thread_each()
     rounds = 3 if quick else 11
     load_before = os.getloadavg()[0]  # other processes on the box stall multi-threaded BLAS
-    rows = [_machine_row(), *_matmul_rows(rounds), *_conv_rows(rounds)]
+    rows = [_machine_row(threads), *_matmul_rows(rounds), *_conv_rows(rounds)]
     rows += [*_decision_rows(), *_stream_rows(quick, rounds)]
+    if threads["_keep"] is not None:
+        threads["_keep"].restore_original_limits()  # later suites get numpy's default again
     for r in rows:
         r["load_1min_before"] = round(load_before, 2)
     return rows

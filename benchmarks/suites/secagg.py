@@ -2,8 +2,8 @@
 
 Simulated rounds (`secagg.simulate_round`: every owner and the coordinator in
 this process, every message encoded to bytes and decoded) of a 4,810-value
-update -- the size of the issue's Digits MLP 64-64-10 -- with 10, 100 and
-1,000 owners (`--quick`: 10 and 100), clip range 1, the default Z_2^32 ring and
+update -- the size of the issue's Digits MLP 64-64-10 -- with 4, 10, 100 and
+1,000 owners (`--quick`: up to 100), clip range 1, the default Z_2^32 ring and
 graph settings. Rows:
 
 - `bytes up` / `bytes down` per owner per round, in total and per stage, the
@@ -211,7 +211,7 @@ def run(quick: bool = False) -> list[dict]:
         "shared_box": True,
     }
     rows = []
-    for n in (10, 100) if quick else (10, 100, 1000):
+    for n in (4, 10, 100) if quick else (4, 10, 100, 1000):
         rows.extend(_scaling_rows(n, notes))
     rows.extend(_round_time_rows(3 if quick else 7, notes))
     return rows

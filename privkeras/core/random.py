@@ -15,9 +15,15 @@ Notes:
     pseudo-random permutation; it is the generator behind CrypTen's and
     TF-Encrypted's seeded randomness in spirit, without their use of
     `torch.Generator` or TensorFlow's stateless (non-cryptographic) RNG.
-    Gaussian samples use the Box-Muller transform on 53-bit uniforms; they
-    are floating-point samples and inherit the known floating-point caveats
-    of DP noise (Mironov, CCS 2012).
+    Gaussian samples use the Box-Muller transform on 53-bit uniforms, and
+    the radius uniform gets 53 more bits wherever it is below 2^-20 (again
+    and again, to 2^-1060), so the tails are complete down to float64's
+    range: samples reach 38 standard deviations where the keystream asks for
+    it (a 53-bit uniform alone stops at 8.6, a float32 sampler on 32-bit
+    uniforms at 6.7). They are floating-point samples, and inherit the known
+    floating-point caveats of DP noise (Mironov, CCS 2012) when added to a
+    value: DP-SGD's engine adds its noise with `backends/dpsgd/noise.py`,
+    which returns the exactly rounded Gaussian mechanism instead.
 
 Example:
 
@@ -109,6 +115,22 @@ class SecureStream:
             )
         return buffer[:n]
 
+    def fill(self, out: np.ndarray) -> np.ndarray:
+        """Overwrites the bytes of `out` (writable, C-contiguous) with keystream; returns it.
+
+        The same keystream as `random_bytes(out.nbytes)`, written in place
+        (no allocation: for buffers reused at every step).
+        """
+        view = memoryview(out).cast("B")
+        n, pos = len(view), 0
+        while n - pos > _SPARE_BYTES:
+            length = min(_CHUNK_BYTES, n - pos - _SPARE_BYTES)
+            self._encryptor.update_into(_ZEROS[:length], view[pos : pos + length + _SPARE_BYTES])
+            pos += length
+        if pos < n:
+            view[pos:] = self._encryptor.update(bytes(n - pos))
+        return out
+
     def random_bytes(self, n: int) -> bytes:
         """`n` bytes of keystream."""
         if n < 0:
@@ -136,7 +158,7 @@ class SecureStream:
         return values.reshape(shape)
 
     def gaussian(self, shape: int | Sequence[int], std: float = 1.0) -> np.ndarray:
-        """Normal samples N(0, std^2) as float64 (Box-Muller)."""
+        """Normal samples N(0, std^2) as float64 (Box-Muller, tails to 38 sigma)."""
         if not std >= 0:
             raise ValueError(f"Expected std >= 0. Received: std={std}")
         shape, size = _shape_size(shape)
@@ -144,6 +166,7 @@ class SecureStream:
         u = self.uniform(2 * pairs)
         radius = np.negative(u[:pairs])
         np.log1p(radius, out=radius)  # log(1 - u), 1 - u in (0, 1]
+        self._refine_small(u[:pairs], radius)
         radius *= -2.0
         np.sqrt(radius, out=radius)
         angle = u[pairs:]
@@ -156,6 +179,35 @@ class SecureStream:
         normal = normal[:size]
         normal *= std
         return normal.reshape(shape)
+
+    def _refine_small(self, u: np.ndarray, log_w: np.ndarray) -> None:
+        """Where `w = 1 - u < 2^-20`, more bits for w (its 2^-53 cell, subdivided).
+
+        `log_w` holds `log(w)` and is corrected in place. Each round refines
+        the few values still below 2^-20 of their cell, down to 2^-1060.
+        """
+        index = np.flatnonzero(u > 1.0 - _REFINE_BELOW)
+        if not index.size:
+            return
+        w, cell = 1.0 - u[index], _UNIFORM_CELL
+        for _ in range(_REFINE_ROUNDS):
+            # w is the top of its cell [w - cell, w]: replace it by a point drawn inside.
+            inner = 1.0 - self.uniform(w.size)  # in (0, 1]
+            w = (w - cell) + cell * inner
+            small = inner < _REFINE_BELOW
+            log_w[index[~small]] = np.log(w[~small])
+            index, w, cell = index[small], w[small], cell * _UNIFORM_CELL
+            if not index.size:
+                return
+        log_w[index] = np.log(w)
+
+
+#: A 53-bit uniform's resolution.
+_UNIFORM_CELL = 2.0**-53
+#: Radius uniforms below this are refined with 53 more bits.
+_REFINE_BELOW = 2.0**-20
+#: Refinements of a radius uniform, at most (20 x 53 bits: 2^-1060, near float64's bottom).
+_REFINE_ROUNDS = 19
 
 
 def _seed_bytes(seed: int | str | bytes) -> bytes:

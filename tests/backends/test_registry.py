@@ -82,3 +82,34 @@ def test_capability_flags_gate_operations(predict_only_engine):
     assert engine.predict(None) == "predicted"
     with pytest.raises(CapabilityError, match="does not support fit"):
         engine.fit(None)
+
+
+def test_engines_are_kept_in_the_core_registry_type():
+    from privkeras.core.registry import Registry
+
+    assert isinstance(registry.ENGINES, Registry)
+    assert registry.ENGINES.names() == sorted(registry.available_engines())
+    registry.register_engine(PlaintextEngine)  # the same class again: a no-op
+    assert registry.available_engines()["plaintext"] is PlaintextEngine
+    registry.unregister_engine("no-such-engine")  # unknown names: nothing to remove
+    with pytest.raises(EngineNotAvailableError, match=r"Expected engine to be one of \["):
+        registry.ENGINES.get("no-such-engine")
+
+
+def test_engine_variants_are_read_from_the_registry(predict_only_engine):
+    assert registry.engine_variants("mpc") == ("tfe", "torch")
+    assert registry.engine_variants("test-only") == ()
+
+    class Variant(_PredictOnly):
+        name = "test-predict-only-variant"
+        variant = "other"
+
+    registry.register_engine(Variant)
+    try:
+        assert registry.engine_variants("test-only") == ("other",)
+        assert isinstance(
+            registry.get_engine(_TestOnlyPolicy(engine="other"), "tensorflow"), Variant
+        )
+    finally:
+        registry.unregister_engine(Variant.name)
+    assert registry.engine_variants("test-only") == ()

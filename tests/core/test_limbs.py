@@ -277,7 +277,7 @@ def test_torch_cpu_limb_route_matches_native():
     )
     auto = TorchKernels()
     choice = auto.matmul_route(limbs.from_numpy(a), limbs.from_numpy(b))
-    assert choice in ("native", "limbs") and choice.source == "measured"
+    assert choice in ("native", "limbs", "bytes") and choice.source == "measured"
 
 
 def test_kept_splits_give_the_same_bits_and_follow_in_place_writes():
@@ -356,6 +356,46 @@ def test_limbs_module_uses_only_the_public_kernel_interface():
     assert private == []
 
 
+@SETTINGS
+@given(
+    st.tuples(st.integers(1, 5), st.integers(1, 60), st.integers(1, 5), st.booleans()).flatmap(
+        lambda d: st.tuples(
+            hnp.arrays(np.int64, ((2,) if d[3] else ()) + (d[0], d[1]), elements=RING_VALUES),
+            hnp.arrays(np.int64, (d[1], d[2]), elements=RING_VALUES),
+        )
+    )
+)
+def test_int8_byte_route_matches_python_ints(operands):
+    a, b = operands
+    k = TorchKernels(matmul_method="bytes")
+    out = k.to_numpy(k.matmul(k.from_numpy(a), k.from_numpy(b)))
+    np.testing.assert_array_equal(out, python_matmul(a, b))
+
+
+def test_int8_byte_route_at_its_depth_bound_and_cuda_padding_on_cpu():
+    import torch
+
+    from privkeras.core.kernels.bytes import BYTES_MAX_DEPTH, check_byte_depth, int8_gemm
+
+    assert 8 * BYTES_MAX_DEPTH * 2**14 < 2**31 <= 8 * (BYTES_MAX_DEPTH + 1) * 2**14
+    with pytest.raises(ValueError, match="at most 16383"):
+        check_byte_depth(BYTES_MAX_DEPTH + 1)
+    k = TorchKernels(matmul_method="bytes")
+    # zeros have every byte digit at -128: one unchunked GEMM of this depth would wrap int32
+    depth = BYTES_MAX_DEPTH + 1
+    zeros = k.matmul(k.zeros((2, depth)), k.zeros((depth, 3)))
+    assert k.to_numpy(zeros).tolist() == [[0] * 3] * 2
+    rng = np.random.default_rng(11)
+    a = rng.integers(INT64_MIN, INT64_MAX, (2, depth + 5), dtype=np.int64, endpoint=True)
+    b = rng.integers(INT64_MIN, INT64_MAX, (depth + 5, 2), dtype=np.int64, endpoint=True)
+    np.testing.assert_array_equal(k.to_numpy(k.matmul(k.from_numpy(a), k.from_numpy(b))), a @ b)
+    left = torch.randint(-128, 128, (3, 13), dtype=torch.int8)
+    right = torch.randint(-128, 128, (13, 16), dtype=torch.int8)
+    exact = left.long() @ right.long()
+    assert torch.equal(int8_gemm(left, right, pad=True).long(), exact)  # CUDA's padded shapes
+    assert torch.equal(int8_gemm(left, right, pad=False).long(), exact)
+
+
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA device")
 def test_torch_cuda_uses_exact_limbs():  # pragma: no cover - runs only where CUDA exists
     rng = np.random.default_rng(5)
@@ -363,8 +403,11 @@ def test_torch_cuda_uses_exact_limbs():  # pragma: no cover - runs only where CU
     b = rng.integers(INT64_MIN, INT64_MAX, (3000, 32), dtype=np.int64)
     k = TorchKernels("cuda")
     ta, tb = k.from_numpy(a), k.from_numpy(b)
-    assert ta.device.type == "cuda" and k.matmul_route(ta, tb) == "limbs"
+    assert ta.device.type == "cuda" and k.matmul_route(ta, tb) in ("limbs", "bytes")
     np.testing.assert_array_equal(k.to_numpy(k.matmul(ta, tb)), np.matmul(a, b))
+    for method in ("limbs", "bytes"):
+        routed = TorchKernels("cuda", matmul_method=method)
+        np.testing.assert_array_equal(routed.to_numpy(routed.matmul(ta, tb)), np.matmul(a, b))
     x = rng.integers(INT64_MIN, INT64_MAX, (2, 9, 9, 3), dtype=np.int64)
     w = rng.integers(INT64_MIN, INT64_MAX, (3, 3, 3, 4), dtype=np.int64)
     cpu = get_kernels("numpy")

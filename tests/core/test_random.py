@@ -3,6 +3,8 @@ statistically sane, and identical on every tensor library after `from_numpy`."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,33 @@ def test_bad_arguments_raise():
         stream.random_bytes(-1)
     with pytest.raises(TypeError, match="Expected a seed of type int, str or bytes"):
         SecureStream(seed=1.5)
+
+
+def test_fill_writes_the_same_keystream_as_random_bytes_in_place():
+    for n in (0, 1, 15, 16, 17, 1000, (1 << 20) + 21):  # around update_into's spare bytes
+        out = np.full(n, 7, dtype=np.uint8)
+        assert SecureStream(seed=5).fill(out) is out
+        assert out.tobytes() == SecureStream(seed=5).random_bytes(n)
+    words = SecureStream(seed=6).fill(np.empty(9, dtype=np.uint64))
+    np.testing.assert_array_equal(
+        words.view(np.uint8), np.frombuffer(SecureStream(seed=6).random_bytes(72), dtype=np.uint8)
+    )
+
+
+class _OnesStream(SecureStream):
+    """Keystream of 0xFF bytes: uniforms of 1 - 2^-53, the radius uniform's extreme."""
+
+    def _keystream(self, n):
+        return np.full(n, 0xFF, dtype=np.uint8)
+
+
+def test_gaussian_uniforms_have_53_bits_and_the_tails_are_complete():
+    u = SecureStream(seed=15).uniform(100_000)
+    scaled = u * 2.0**53
+    assert np.array_equal(scaled, np.floor(scaled))  # multiples of 2^-53
+    assert np.mean(scaled % 2 == 1) == pytest.approx(0.5, abs=0.01)  # the 53rd bit is used
+    # A 53-bit uniform alone stops the radius at sqrt(2 ln 2^53) = 8.57 sigma (the old
+    # sampler's maximum); the radius uniform is refined below 2^-20, down to 2^-1060.
+    extreme = _OnesStream(seed=0).gaussian(2)
+    assert np.abs(extreme).max() == pytest.approx(math.sqrt(2 * 1060 * math.log(2)), rel=1e-6)
+    assert np.all(np.isfinite(extreme))

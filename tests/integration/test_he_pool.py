@@ -61,10 +61,12 @@ def _parallel(pool, setup):
 
 @pytest.mark.parametrize("executor", ["processes", "threads"])
 def test_a_pool_gives_the_in_process_result(executor, setup):
-    pool = EvaluationPool(workers=2, executor=executor)
+    pool = EvaluationPool(workers=3, executor=executor)
     try:
         np.testing.assert_allclose(_parallel(pool, setup), setup[-1], atol=1e-6)
-        assert pool.describe()["executor"] == executor
+        described = pool.describe()
+        assert described["executor"] == executor
+        assert described["processes"] == (2 if executor == "processes" else 0)
         np.testing.assert_allclose(_parallel(pool, setup), setup[-1], atol=1e-6)  # warm workers
     finally:
         pool.close()
@@ -104,9 +106,9 @@ def test_a_killed_worker_is_a_party_error_naming_it_and_the_pool_recovers(setup)
     pool = EvaluationPool(workers=2, executor="processes", timeout=30)
     try:
         _parallel(pool, setup)
-        victim = pool._backend.workers[1].process
+        victim = pool._backend.workers[0].process
         os.kill(victim.pid, signal.SIGKILL)
-        with pytest.raises(PartyError, match=f"HE evaluation worker 1 \\(pid {victim.pid}\\)"):
+        with pytest.raises(PartyError, match=f"HE evaluation worker 0 \\(pid {victim.pid}\\)"):
             _parallel(pool, setup)
         assert not pool.started  # closed: the next use starts fresh workers
         np.testing.assert_allclose(_parallel(pool, setup), setup[-1], atol=1e-6)

@@ -3,16 +3,30 @@
 A DP-SGD run is a list of `Segment`s: `steps` applications of the sampled
 Gaussian mechanism with sampling rate `q` and noise multiplier `sigma`. An
 `Accountant` turns segments into epsilon for a given delta. Two are
-registered, by name:
+registered in `ACCOUNTANTS` (a `core.registry.Registry`), by name:
 
 - `"pld"` (default): privacy loss distributions (Koskela et al., 2020;
   Doroshenko et al., 2022), tight up to the discretization, which is
   pessimistic: the value is an upper bound of the true epsilon.
 - `"rdp"`: Renyi DP (Mironov, 2017; Mironov, Talwar and Zhang, 2019),
-  looser but fast.
+  looser. RDP composes additively, so one step's RDP curve is computed once
+  per (q, sigma) and any number of steps costs a multiplication.
+
+Each accountant gives three numbers for the same segments:
+
+- `epsilon`: the exact value (what `privacy_report()` shows, checked against
+  dp-accounting called directly);
+- `estimate`: a fast upper bound (noise calibration);
+- `running(delta, planned_steps)`: an upper bound that follows a growing
+  ledger incrementally (the progress bar and History): a PLD composes only
+  the steps added since the last call, at a discretization chosen for the
+  planned length of the run, and the PLD of a chunk of identical steps (an
+  epoch) is composed once and reused.
 
 `compute_epsilon` and `calibrate_noise` are the public entry points (through
-`privkeras.dpsgd`); `PrivacyLedger` is the running record an engine keeps.
+`privkeras.dpsgd`); `PrivacyLedger` is the running record an engine keeps,
+including the probability that the noise sampler left the range where it is
+exact, which `sampler_delta` turns into the delta it adds.
 
 Example:
 
@@ -35,17 +49,21 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import dp_accounting
+import numpy as np
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
+from privkeras.core.registry import Registry
 from privkeras.errors import PrivacyPolicyError, format_received
 
 __all__ = [
+    "ACCOUNTANTS",
     "MAX_NOISE_MULTIPLIER",
     "Accountant",
     "PLDAccountant",
     "PrivacyLedger",
     "RDPAccountant",
+    "RunningEpsilon",
     "Segment",
     "available_accountants",
     "calibrate_noise",
@@ -131,36 +149,64 @@ class Accountant(abc.ABC):
         """Epsilon of non-trivial segments (all noisy, all with steps > 0)."""
 
     def estimate(self, segments: Sequence[Segment], delta: float) -> float:
-        """A fast upper bound of `epsilon` (for progress bars and calibration)."""
+        """A fast upper bound of `epsilon` (for calibration)."""
         return self.epsilon(segments, delta)
 
+    def running(self, delta: float, planned_steps: int) -> RunningEpsilon:
+        """An incremental upper bound of `epsilon` for a run of about `planned_steps`."""
+        return RunningEpsilon(lambda segments: self.estimate(segments, delta))
 
-_ACCOUNTANTS: dict[str, type[Accountant]] = {}
+
+class RunningEpsilon:
+    """An upper bound of epsilon that follows a growing list of segments.
+
+    Args:
+        evaluate: Epsilon of a list of segments (the whole list each time).
+            Subclasses compose only what was added since the last call instead.
+    """
+
+    def __init__(self, evaluate=None):
+        self._evaluate = evaluate
+        self._last: tuple[tuple[Segment, ...], float] | None = None
+
+    def __call__(self, segments: Sequence[Segment]) -> float:
+        """The bound for `segments` (the ledger so far)."""
+        segments = tuple(segments)
+        if self._last is None or self._last[0] != segments:
+            self._last = (segments, self._update(segments))
+        return self._last[1]
+
+    def _update(self, segments: tuple[Segment, ...]) -> float:
+        return self._evaluate(segments)
+
+    def prepare(self, chunk: Segment) -> None:
+        """Does ahead (at a fit's start) the slow part of adding `chunk`, an epoch of steps."""
+        if not chunk.spends_nothing and not chunk.spends_everything:
+            self._evaluate([chunk])
+
+
+#: Accountant classes by name; an unknown name raises `PrivacyPolicyError` listing them.
+ACCOUNTANTS: Registry[str, type[Accountant]] = Registry(
+    "accountant", unknown_error=PrivacyPolicyError
+)
 
 
 def register_accountant(cls: type[Accountant] | None = None, *, replace: bool = False):
     """Registers an `Accountant` subclass under `cls.name`. Usable as a decorator.
 
     Raises:
-        PrivacyPolicyError: For a name already registered (unless `replace`).
+        RegistrationError: For a name already registered (unless `replace`).
     """
 
     def _register(accountant_cls: type[Accountant]) -> type[Accountant]:
-        name = accountant_cls.name
-        if name in _ACCOUNTANTS and not replace and _ACCOUNTANTS[name] is not accountant_cls:
-            raise PrivacyPolicyError(
-                f"An accountant named {name!r} is already registered. "
-                "Pass replace=True to replace it."
-            )
-        _ACCOUNTANTS[name] = accountant_cls
-        return accountant_cls
+        return ACCOUNTANTS.register(accountant_cls.name, accountant_cls, replace=replace)
 
     return _register if cls is None else _register(cls)
 
 
 def available_accountants() -> list[str]:
     """Names of the registered accountants."""
-    return sorted(_ACCOUNTANTS)
+    return ACCOUNTANTS.names()
 
 
 def get_accountant(name: str) -> Accountant:
@@ -169,12 +215,7 @@ def get_accountant(name: str) -> Accountant:
     Raises:
         PrivacyPolicyError: For an unknown name; the message lists the known ones.
     """
-    if name not in _ACCOUNTANTS:
-        raise PrivacyPolicyError(
-            f"Expected accountant to be one of {available_accountants()}. "
-            + format_received(accountant=name)
-        )
-    return _ACCOUNTANTS[name]()
+    return ACCOUNTANTS.get(name)()
 
 
 @functools.lru_cache(maxsize=64)
@@ -187,18 +228,28 @@ def _one_step_pld(sample_rate: float, noise_multiplier: float, interval: float):
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _steps_pld(sample_rate: float, noise_multiplier: float, interval: float, steps: int):
+    """The PLD of `steps` identical steps (an epoch, reused every epoch)."""
+    return _one_step_pld(sample_rate, noise_multiplier, interval).self_compose(steps)
+
+
 @register_accountant
 class PLDAccountant(Accountant):
     """Privacy loss distributions, `dp_accounting.pld`, add-or-remove-one neighbours.
 
     `value_discretization_interval` is dp-accounting's default (1e-4) for
-    `epsilon`; `estimate` uses 1e-3, about ten times faster. Both discretize
-    pessimistically, so both are upper bounds of the exact epsilon.
+    `epsilon`; `estimate` uses 1e-3, about ten times faster; `running`
+    chooses from `RUNNING_INTERVALS` by the planned number of steps (the
+    pessimistic discretization adds about `0.5 steps interval^2` to epsilon,
+    measured: +0.005 for 90 steps at 1e-2, +0.002 for 14,100 at 5e-4). All
+    discretize pessimistically, so all are upper bounds of the exact epsilon.
     """
 
     name = "pld"
     INTERVAL: ClassVar[float] = 1e-4
     ESTIMATE_INTERVAL: ClassVar[float] = 1e-3
+    RUNNING_INTERVALS: ClassVar[tuple[float, ...]] = (1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4)
 
     def _epsilon(self, segments: Sequence[Segment], delta: float, interval: float = 0.0) -> float:
         interval = interval or self.INTERVAL
@@ -214,28 +265,110 @@ class PLDAccountant(Accountant):
             segments, delta, lambda live, d: self._epsilon(live, d, self.ESTIMATE_INTERVAL)
         )
 
+    @classmethod
+    def running_interval(cls, planned_steps: int) -> float:
+        """The coarsest interval whose error stays near 0.005 for `planned_steps` steps."""
+        wanted = 1e-2 * math.sqrt(100.0 / max(planned_steps, 1))
+        return next((i for i in cls.RUNNING_INTERVALS if i <= wanted), cls.INTERVAL)
+
+    def running(self, delta: float, planned_steps: int) -> RunningEpsilon:
+        return _RunningPLD(_check_delta(delta), self.running_interval(planned_steps))
+
+
+class _RunningPLD(RunningEpsilon):
+    """Composes, at each call, only the steps recorded since the previous one."""
+
+    def __init__(self, delta: float, interval: float):
+        super().__init__()
+        self.delta, self.interval = delta, interval
+        self._seen: list[Segment] = []  # What `_composed` holds.
+        self._composed = None
+
+    def prepare(self, chunk: Segment) -> None:
+        if not chunk.spends_nothing and not chunk.spends_everything:
+            _steps_pld(chunk.sample_rate, chunk.noise_multiplier, self.interval, chunk.steps)
+
+    def _update(self, segments: tuple[Segment, ...]) -> float:
+        live = [s for s in segments if not s.spends_nothing]
+        if not live:
+            return 0.0
+        if any(s.spends_everything for s in live):
+            return math.inf
+        if not _extends(live, self._seen):
+            self._seen, self._composed = [], None
+        for chunk in _added(live, self._seen):
+            pld = _steps_pld(chunk.sample_rate, chunk.noise_multiplier, self.interval, chunk.steps)
+            self._composed = pld if self._composed is None else self._composed.compose(pld)
+        self._seen = list(live)
+        return float(self._composed.get_epsilon_for_delta(self.delta))
+
+
+def _extends(segments: Sequence[Segment], seen: Sequence[Segment]) -> bool:
+    """Whether `segments` is `seen` with steps added (to its last segment or after it)."""
+    if len(segments) < len(seen):
+        return False
+    for i, old in enumerate(seen):
+        new = segments[i]
+        same_kind = (new.sample_rate, new.noise_multiplier) == (
+            old.sample_rate,
+            old.noise_multiplier,
+        )
+        grown_last = i == len(seen) - 1 and new.steps >= old.steps
+        if not same_kind or (new.steps != old.steps and not grown_last):
+            return False
+    return True
+
+
+def _added(segments: Sequence[Segment], seen: Sequence[Segment]) -> list[Segment]:
+    """The steps of `segments` that `seen` lacks, as segments (see `_extends`)."""
+    added = []
+    if seen and segments[len(seen) - 1].steps > seen[-1].steps:
+        last = segments[len(seen) - 1]
+        added.append(dataclasses.replace(last, steps=last.steps - seen[-1].steps))
+    added.extend(segments[len(seen) :])
+    return added
+
+
+@functools.lru_cache(maxsize=256)
+def _one_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """One sampled Gaussian step's RDP at dp-accounting's default orders (read-only)."""
+    accountant = rdp_lib.RdpAccountant()
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    # dp-accounting logs a warning per fractional order it skips; the result is sound.
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        event = dp_accounting.PoissonSampledDpEvent(
+            sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
+        )
+        accountant.compose(event, 1)
+    finally:
+        absl_logger.setLevel(level)
+    rdp = accountant.rdp
+    rdp.setflags(write=False)
+    return rdp
+
+
+_RDP_ORDERS = np.array(rdp_lib.DEFAULT_RDP_ORDERS)
+
 
 @register_accountant
 class RDPAccountant(Accountant):
-    """Renyi differential privacy, `dp_accounting.rdp`, with its default orders."""
+    """Renyi differential privacy, `dp_accounting.rdp`, with its default orders.
+
+    RDP composes by addition: a segment of `steps` steps has `steps` times the
+    RDP of one, as `RdpAccountant.compose(event, steps)` computes it. The
+    one-step curve is cached, so `epsilon` costs microseconds once it is known
+    and `running` is the exact value.
+    """
 
     name = "rdp"
 
     def _epsilon(self, segments: Sequence[Segment], delta: float) -> float:
-        accountant = rdp_lib.RdpAccountant()
-        absl_logger = logging.getLogger("absl")
-        level = absl_logger.level
-        # dp-accounting logs a warning per fractional order it skips; the result is sound.
-        absl_logger.setLevel(logging.ERROR)
-        try:
-            for segment in segments:
-                event = dp_accounting.PoissonSampledDpEvent(
-                    segment.sample_rate, dp_accounting.GaussianDpEvent(segment.noise_multiplier)
-                )
-                accountant.compose(event, segment.steps)
-            return accountant.get_epsilon(delta)
-        finally:
-            absl_logger.setLevel(level)
+        rdp = np.zeros_like(_RDP_ORDERS, dtype=np.float64)
+        for segment in segments:
+            rdp += segment.steps * _one_step_rdp(segment.sample_rate, segment.noise_multiplier)
+        return rdp_lib.compute_epsilon(_RDP_ORDERS, rdp, delta)[0]
 
 
 def compute_epsilon(
@@ -439,6 +572,9 @@ class PrivacyLedger:
         self._accountant = get_accountant(accountant)
         self._segments: list[Segment] = []
         self._cache: dict[tuple[Segment, ...], float] = {}
+        self._running: RunningEpsilon | None = None
+        self._running_for = 0
+        self.sampler_failure = 0.0
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -448,10 +584,26 @@ class PrivacyLedger:
     def steps(self) -> int:
         return sum(s.steps for s in self._segments)
 
-    def record(self, sample_rate: float, noise_multiplier: float, steps: int = 1) -> None:
-        """Adds `steps` steps at (`sample_rate`, `noise_multiplier`)."""
+    def record(
+        self,
+        sample_rate: float,
+        noise_multiplier: float,
+        steps: int = 1,
+        sampler_failure: float = 0.0,
+    ) -> None:
+        """Adds `steps` steps at (`sample_rate`, `noise_multiplier`).
+
+        Args:
+            sample_rate: q of the steps.
+            noise_multiplier: sigma of the steps.
+            steps: How many.
+            sampler_failure: Per step, the probability that the noise
+                sampler left the range where its output is exactly the
+                Gaussian mechanism's (see `sampler_delta`).
+        """
         if steps <= 0:
             return
+        self.sampler_failure += steps * sampler_failure
         last = self._segments[-1] if self._segments else None
         if last and (last.sample_rate, last.noise_multiplier) == (sample_rate, noise_multiplier):
             self._segments[-1] = dataclasses.replace(last, steps=last.steps + steps)
@@ -465,6 +617,43 @@ class PrivacyLedger:
             self._cache[key] = self._accountant.epsilon(key, self.delta)
         return self._cache[key]
 
-    def estimate(self) -> float:
-        """A fast upper bound of `epsilon()` (for progress bars)."""
-        return self._accountant.estimate(self._segments, self.delta)
+    def estimate(self, extra: Sequence[Segment] = ()) -> float:
+        """A fast upper bound of `epsilon(extra)` (calibration, budget checks)."""
+        return self._accountant.estimate((*self._segments, *extra), self.delta)
+
+    def plan(self, planned_steps: int, chunk: Segment | None = None) -> None:
+        """Prepares `running()` for about `planned_steps` more steps, recorded by `chunk`s.
+
+        Args:
+            planned_steps: Steps (accountant units) this fit plans.
+            chunk: The steps of one epoch; their composition is done now, at
+                setup, rather than at the first epoch's end.
+        """
+        total = self.steps + planned_steps
+        if self._running is None or total > 2 * self._running_for:
+            self._running = self._accountant.running(self.delta, total)
+            self._running_for = total
+        if chunk is not None:
+            self._running.prepare(chunk)
+
+    def running(self) -> float:
+        """An upper bound of `epsilon()`, composed incrementally (progress bar, History)."""
+        if self._running is None:
+            self.plan(self.steps)
+        return self._running(self._segments)
+
+    def sampler_delta(self, epsilon: float | None = None) -> float:
+        """The delta the noise sampler adds to the guarantee, `(1 + e^eps) P(failure)`.
+
+        Where every draw stays in the range where the sampler is exact, the
+        mechanism is exactly the Gaussian one; the run's failure probability
+        `p` bounds the total variation between the two transcripts, so an
+        `(eps, delta)` guarantee of the ideal mechanism gives `(eps, delta +
+        (1 + e^eps) p)` for the real one.
+        """
+        if self.sampler_failure == 0.0:
+            return 0.0
+        eps = self.epsilon() if epsilon is None else epsilon
+        if eps > 700.0:
+            return 0.0 if math.isinf(eps) else math.inf  # inf: nothing is promised anyway.
+        return (1.0 + math.exp(eps)) * self.sampler_failure

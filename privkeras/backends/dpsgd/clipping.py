@@ -49,9 +49,11 @@ from typing import Any, ClassVar
 import keras
 from keras import ops
 
-from privkeras.errors import EngineRegistrationError
+from privkeras.core.registry import Registry
+from privkeras.errors import UnsupportedLayerError
 
 __all__ = [
+    "RULES",
     "ClippingRule",
     "EmbeddingGrads",
     "LinearGrads",
@@ -333,23 +335,19 @@ class ClippingRule(abc.ABC):
         """Per-example gradients of `variables(layer)`."""
 
 
-_RULES: dict[type, ClippingRule] = {}
+#: Fast rules by exact layer type (a layer without one falls back to per-example gradients).
+RULES: Registry[type, ClippingRule] = Registry("clipping rule", unknown_error=UnsupportedLayerError)
 
 
 def register_clipping_rule(layer_type: type, *, replace: bool = False):
     """Class decorator registering a `ClippingRule` for exactly `layer_type`.
 
     Raises:
-        EngineRegistrationError: For a layer type that already has a rule (unless `replace`).
+        RegistrationError: For a layer type that already has a rule (unless `replace`).
     """
 
     def _register(rule_cls: type[ClippingRule]) -> type[ClippingRule]:
-        if layer_type in _RULES and not replace:
-            raise EngineRegistrationError(
-                f"A clipping rule for {layer_type.__name__} is already registered "
-                f"({type(_RULES[layer_type]).__name__}). Pass replace=True to replace it."
-            )
-        _RULES[layer_type] = rule_cls()
+        RULES.register(layer_type, rule_cls(), replace=replace)
         return rule_cls
 
     return _register
@@ -357,18 +355,18 @@ def register_clipping_rule(layer_type: type, *, replace: bool = False):
 
 def unregister_clipping_rule(layer_type: type) -> None:
     """Removes the rule of `layer_type` (for tests and plugins)."""
-    _RULES.pop(layer_type, None)
+    RULES.unregister(layer_type)
 
 
 def registered_rules() -> dict[str, str]:
     """Layer type name -> technique, for the layers with a fast rule."""
-    return {cls.__name__: rule.technique for cls, rule in _RULES.items()}
+    return {cls.__name__: rule.technique for cls, rule in RULES.items()}
 
 
 def _trainable_rank2_kernel_refusal(layer) -> str | None:
-    if getattr(layer, "lora_enabled", False):
+    if layer.lora_enabled:
         return "LoRA is enabled"
-    if getattr(layer, "quantization_mode", None):
+    if layer.quantization_mode:
         return f"it is quantized ({layer.quantization_mode})"
     if not layer.kernel.trainable or (layer.bias is not None and not layer.bias.trainable):
         return "some of its weights are frozen"
@@ -412,7 +410,7 @@ class Conv2DRule(ClippingRule):
     technique = "book-keeping"
 
     def refusal(self, layer):
-        if getattr(layer, "groups", 1) != 1:
+        if layer.groups != 1:
             return f"groups={layer.groups}"
         return _trainable_rank2_kernel_refusal(layer)
 
@@ -456,9 +454,9 @@ class EmbeddingRule(ClippingRule):
     technique = "ghost norm"
 
     def refusal(self, layer):
-        if getattr(layer, "lora_enabled", False):
+        if layer.lora_enabled:
             return "LoRA is enabled"
-        if getattr(layer, "quantization_mode", None):
+        if layer.quantization_mode:
             return f"it is quantized ({layer.quantization_mode})"
         return None
 
@@ -500,11 +498,11 @@ def rule_for(layer: keras.layers.Layer, fast: bool = True) -> tuple[ClippingRule
     Returns:
         `(rule, reason)`; `reason` is None when a fast rule serves the layer.
     """
-    rule = _RULES.get(type(layer))
     if not fast:
         return FALLBACK, "fast clipping is off"
-    if rule is None:
+    if type(layer) not in RULES:
         return FALLBACK, f"no fast rule for {type(layer).__name__}"
+    rule = RULES.get(type(layer))
     refusal = rule.refusal(layer)
     if refusal is not None:
         return FALLBACK, refusal

@@ -10,14 +10,19 @@ Notes:
     Privacy", CCS 2016): per-example clipping to `l2_norm_clip` in global L2
     norm, Gaussian noise of std `noise_multiplier * l2_norm_clip` on the
     sum, division by the expected batch size. Epsilon is for add-or-remove-one
-    neighbouring datasets. Batch sampling and, on CPU, the noise come from
-    the core's AES-CTR `SecureStream` keyed from `os.urandom` (on CPU it is
-    also the fastest sampler). A model on an accelerator or compiled with
-    XLA draws its noise in the step from the Keras backend's generator,
-    which is not cryptographically secure, and warns;
-    `secure_noise=True` forces the host `SecureStream` there too.
-    Floating-point Gaussian samples carry the caveats of Mironov (CCS 2012)
-    either way.
+    neighbouring datasets. Batch sampling and the noise come from the core's
+    AES-256-CTR `SecureStream`, keyed from `os.urandom` at every `fit`, on
+    every device and in every compile mode; never from the Keras seed. On
+    CPU (and everywhere with `secure_noise=True`) the noisy gradient is the
+    exactly rounded Gaussian mechanism (`noise.ExactGaussianNoise`), which
+    closes the floating-point attacks of Mironov (CCS 2012) and Jin et al.
+    (S&P 2022); accelerator and XLA models turn host-drawn AES-CTR words into
+    float64 Gaussians in the step (`noise.gaussian_from_words`), whose tail
+    cut at 12 sigma the report's `sampler_delta` accounts for.
+
+    Between fits with the same model, loss and step constants, the trainer
+    and the traced step are kept (a `fit` then costs what Keras's own costs
+    plus the sampler, keyed afresh); the noise streams never are.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class DPSGDEngine(Engine):
             rules (book-keeping for Dense, Conv2D, Embedding); False computes
             every layer's per-example gradients by the vectorized fallback.
             Both give the same update; the switch exists to check that.
+        noise_route: None (default) lets the device and compile mode choose
+            where the noise is made; `"host"` or `"device"` forces one (for
+            checks and benchmarks: the device route runs on CPU too).
 
     Example:
 
@@ -80,12 +88,15 @@ class DPSGDEngine(Engine):
     def __init__(self, policy):
         super().__init__(policy)
         self.fast_clipping = True
+        self.noise_route: str | None = None  # None: chosen by device and compile mode
         self.ledger = accounting.PrivacyLedger(policy.delta, policy.accountant)
         self.noise_multiplier: float | None = policy.noise_multiplier
         self.steps = 0
         self._plan: FitPlan | None = None
-        self._trainer: DPTrainer | None = None
+        self._trainer: DPTrainer | None = None  # set only while a fit runs
+        self._kept: _KeptStep | None = None  # the last fit's trainer and traced step
         self._clipping: dict[str, str] = {}
+        self._noise_description = "none yet (no fit)"
 
     # -- fit ------------------------------------------------------------------------
     def fit(
@@ -124,28 +135,28 @@ class DPSGDEngine(Engine):
             arrays, validation_data = arrays.split(validation_split)
         plan = self._plan_fit(arrays, batch_size, epochs - initial_epoch, steps_per_epoch)
         validation.check_model_options(model)
-        loss = PerExampleLoss(model.loss)
-        loss.check(model, arrays.x, arrays.y)  # Also builds an unbuilt model.
-        validation.check_layers(model)
-        noise = self._resolve_noise(plan)
-        allowed = self._allowed_units(plan, noise)
-        config = StepConfig(
-            l2_norm_clip=self.policy.l2_norm_clip,
-            noise_multiplier=noise,
-            divisor=1.0 if loss.sums else float(plan.batch_size),
-            secure_noise=self.policy.secure_noise,
-            fast_clipping=self.fast_clipping,
-        )
-        trainer = make_trainer(keras.backend.backend(), model, config, loss)
+        noise_multiplier = self._resolve_noise(plan)
+        allowed = self._allowed_units(plan, noise_multiplier)
+        trainer = self._trainer_for(model, arrays, plan, noise_multiplier)
         sampler = make_sampler(
             self.policy.sampling,
             plan.dataset_size,
             plan.batch_size,
             plan.steps_per_epoch,
         )
-        meter = PrivacyMeter(self.ledger, plan, noise, allowed, on_step=self._count_step)
+        self.ledger.plan(plan.planned_units, plan.segment(noise_multiplier, plan.units_per_epoch))
+        meter = PrivacyMeter(
+            self.ledger,
+            plan,
+            noise_multiplier,
+            allowed,
+            on_step=self._count_step,
+            sampler_failure=trainer.failure_per_step * plan.steps_per_unit,
+        )
+        trainer.start_run()  # Fresh noise keys from os.urandom, every fit.
         self._plan, self._trainer, self._clipping = plan, trainer, trainer.describe()
-        model.train_function = None  # Trace the DP step afresh, once, for this fit.
+        self._noise_description = trainer.describe_noise()
+        model.train_function = self._kept.train_function  # None: traced in this fit
         try:
             return model.keras_fit(
                 trainer.batches(SampledBatches(arrays, sampler)),
@@ -158,9 +169,39 @@ class DPSGDEngine(Engine):
                 **validation_options,
             )
         finally:
-            trainer.close()
+            trainer.end_run()
             self._trainer = None
+            self._kept.train_function = model.train_function
             model.train_function = None  # train_on_batch must not reuse the DP step.
+
+    def _trainer_for(self, model, arrays, plan, noise_multiplier) -> DPTrainer:
+        """The last fit's trainer if nothing it depends on changed, else a new one.
+
+        A new trainer checks the loss and the layers first (`loss.check` also
+        builds an unbuilt model), and drops the traced step of the old one.
+        """
+        loss_sums = self._kept is not None and self._kept.loss.sums
+        config = self._step_config(noise_multiplier, plan, loss_sums)
+        key = _KeptStep.key_of(model, config)
+        if self._kept is not None and self._kept.key == key:
+            return self._kept.trainer
+        loss = PerExampleLoss(model.loss)
+        loss.check(model, arrays.x, arrays.y)  # Also builds an unbuilt model.
+        validation.check_layers(model)
+        config = self._step_config(noise_multiplier, plan, loss.sums)
+        trainer = make_trainer(keras.backend.backend(), model, config, loss)
+        self._kept = _KeptStep(_KeptStep.key_of(model, config), trainer, loss)
+        return trainer
+
+    def _step_config(self, noise_multiplier: float, plan: FitPlan, loss_sums: bool) -> StepConfig:
+        return StepConfig(
+            l2_norm_clip=self.policy.l2_norm_clip,
+            noise_multiplier=noise_multiplier,
+            divisor=1.0 if loss_sums else float(plan.batch_size),
+            secure_noise=self.policy.secure_noise,
+            fast_clipping=self.fast_clipping,
+            noise_route=self.noise_route,
+        )
 
     def _count_step(self) -> None:
         self.steps += 1
@@ -230,6 +271,8 @@ class DPSGDEngine(Engine):
         if target is None:
             return None
         planned = plan.segment(noise)
+        if self.ledger.estimate(extra=[planned]) <= target:  # an upper bound: enough
+            return plan.planned_units
         spent = self.ledger.epsilon(extra=[planned])
         if spent <= target:
             return plan.planned_units
@@ -253,8 +296,8 @@ class DPSGDEngine(Engine):
     def train_step(self, model: keras.Model, data: Any):
         if self._trainer is None:
             raise CapabilityError(
-                "DP-SGD steps run only inside fit(), which samples the batches and accounts "
-                "for them; train_on_batch would bypass both. Use fit()."
+                f"Engine {self.name!r}: DP-SGD steps run only inside fit(), which samples the "
+                "batches and accounts for them; train_on_batch would bypass both. Use fit()."
             )
         return self._trainer.train_step(data)
 
@@ -270,17 +313,25 @@ class DPSGDEngine(Engine):
         """Epsilon spent so far and everything it depends on.
 
         Returns:
-            A dict with `epsilon`, `delta`, `steps`, `sample_rate`,
+            A dict with `epsilon` (exact: the accountant at its finest
+            discretization), `delta` (the guarantee's: `accountant_delta`, the
+            policy's, plus `sampler_delta`, what the noise sampler adds,
+            computed from its tails), `steps`, `sample_rate`,
             `noise_multiplier`, `l2_norm_clip`, `sampling`, `accountant`,
-            `epsilon_assumes` (what the epsilon relies on), `secure_noise`,
-            `target_epsilon`, `dataset_size`, `batch_size`, `clipping` (how
-            each layer's per-example gradients are computed) and `policy`.
+            `epsilon_assumes` (what the epsilon relies on), `noise` (how it
+            is drawn), `secure_noise`, `target_epsilon`, `dataset_size`,
+            `batch_size`, `clipping` (how each layer's per-example gradients
+            are computed) and `policy`.
         """
         plan = self._plan
+        epsilon = self.ledger.epsilon()
+        sampler_delta = self.ledger.sampler_delta(epsilon)
         return {
             **super().report(),
-            "epsilon": self.ledger.epsilon(),
-            "delta": self.policy.delta,
+            "epsilon": epsilon,
+            "delta": self.policy.delta + sampler_delta,
+            "accountant_delta": self.policy.delta,
+            "sampler_delta": sampler_delta,
             "steps": self.steps,
             "sample_rate": None if plan is None else plan.sample_rate,
             "noise_multiplier": self.noise_multiplier,
@@ -288,12 +339,34 @@ class DPSGDEngine(Engine):
             "sampling": self.policy.sampling,
             "accountant": self.policy.accountant,
             "epsilon_assumes": _ASSUMPTIONS[self.policy.sampling],
+            "noise": self._noise_description,
             "secure_noise": self.policy.secure_noise,
             "target_epsilon": self.policy.target_epsilon,
             "dataset_size": None if plan is None else plan.dataset_size,
             "batch_size": None if plan is None else plan.batch_size,
             "clipping": dict(self._clipping),
         }
+
+
+class _KeptStep:
+    """A fit's trainer and traced step, reused by the next fit with the same key."""
+
+    def __init__(self, key: tuple, trainer: DPTrainer, loss: PerExampleLoss):
+        self.key, self.trainer, self.loss = key, trainer, loss
+        self.train_function = None
+
+    @staticmethod
+    def key_of(model: keras.Model, config: StepConfig) -> tuple:
+        """What the trainer and its trace depend on (weights' values excepted)."""
+        return (
+            keras.backend.backend(),
+            config,
+            id(model.loss),
+            id(model.optimizer),
+            bool(model.jit_compile),
+            tuple(id(v) for v in model.trainable_variables),
+            tuple(id(layer) for layer in model.layers),
+        )
 
 
 def _as_list(callbacks: Any) -> list:

@@ -1,114 +1,483 @@
-"""Gaussian noise for DP-SGD: AES-CTR Box-Muller on the host.
+"""Gaussian noise for DP-SGD: the Gaussian mechanism, exactly, on float32 gradients.
 
-A DP step needs one normal sample per trainable weight (270k for the MNIST
-MLP). The samplers of the frameworks are slow on CPU: TensorFlow's Philox
-normal takes 3.5 ms for 270k samples, torch's Mersenne twister 0.9 ms,
-numpy's PCG64 ziggurat 2.3 ms, each a large part of a 4 ms step. Counter-mode
-AES with AES-NI produces the 1 MB of keystream in 0.15 ms, and a float32
-Box-Muller over reused buffers (vectorized log, sqrt, sin, cos) adds about
-0.45 ms: `GaussianSampler` draws 270k samples in about 0.6 ms, from a
-cryptographically secure generator. `HostNoise` calls it in the step (on
-CPU), or one step ahead in a background thread when the step runs on an
-accelerator and the host would otherwise wait.
+A DP step adds N(0, std^2) to every coordinate of a float32 vector x (the
+clipped, summed, scaled gradients: 270k numbers for the MNIST MLP). Two
+routes, both keyed from `os.urandom` at every run (the core's AES-256-CTR
+`SecureStream`), never from a framework seed:
 
-Every sampler draws from the core's `SecureStream` keyed from `os.urandom`:
-DP noise is a secret, so it never comes from a seedable, non-cryptographic
-generator, and nobody (the trainer included) can replay it. A DP run is
-therefore not reproducible from `keras.utils.set_random_seed`; the weights'
-initialization and everything else Keras draws still are.
+- `ExactGaussianNoise` (the host route: CPU models, and every model with
+  `secure_noise=True`) returns `RN32(x + std * N)`, the float32 nearest to
+  the real number `x + std * N`, where N is an ideal Gaussian: Box-Muller on
+  uniforms with infinitely many random bits, of which it draws as many as
+  the rounding needs. 52 bits per uniform and float64 arithmetic with an
+  error bound settle all but about one coordinate in a million; those are
+  recomputed in interval arithmetic (mpmath) with 64 more random bits per
+  uniform, and again, until the float32 is certain. The output is then a
+  deterministic function of the ideal Gaussian mechanism's real-valued
+  output: post-processing, with exactly the privacy the accountant assumes.
+- `NoiseWords` + `gaussian_from_words` (the device route: accelerator and
+  XLA models, where the step cannot call back to the host): the host draws
+  the random words (AES-CTR, one step ahead), the step turns them into
+  float64 Gaussians in the graph and rounds `x + std * N` to float32. The
+  radius uniform has 104 bits, so samples reach 12.0 sigma and the sampler's
+  tail leaves `2^-104` per pair, which `failure_per_step` reports for the
+  accountant. Its float32 rounding is that of a float64 computation: it
+  matches the exact one except in about one coordinate in 2^26, by one ulp.
 
 Notes:
-    Box-Muller (Box and Muller, 1958): `r = sqrt(-2 ln u1)` with
-    `u1 = (k + 1) / 2^32` for a 32-bit k, so the radius reaches 6.66 sigma
-    (float32 samplers built on 24-bit uniforms, as TensorFlow's and torch's
-    are, stop at 5.8), angle `2 pi u2` with u2 a 24-bit uniform.
-    Floating-point samples only approximate the Gaussian mechanism (Mironov,
-    "On significance of the least significant bits for differential
-    privacy", CCS 2012); this sampler does not change that.
+    The floating-point attack. Mironov ("On significance of the least
+    significant bits for differential privacy", CCS 2012) showed that
+    textbook floating-point Laplace noise leaks the input through the set of
+    values the sampler can output; Jin, McMurtry, Rubinstein and Ohrimenko
+    ("Are we there yet? Timing and floating-point attacks on differential
+    privacy systems", IEEE S&P 2022) did the same for Gaussian samplers,
+    including Opacus's, and Holohan and Braghin ("Secure random sampling in
+    differential privacy", ESORICS 2021) proposed the mitigation Opacus's
+    `secure_mode` uses: a sum of several samples, which makes reconstruction
+    hard without making the output exact. The host route goes further, as
+    Mironov's snapping and the interval refining of Haney, Desfontaines,
+    Hartman, Shrestha and Hay ("Precision-based attacks and interval
+    refining", PETS 2023) do: it outputs exactly the rounded ideal mechanism,
+    so no output is possible under one dataset and impossible under its
+    neighbour, and the tails are complete (no truncation: the uniforms get
+    as many bits as a sample needs, up to `max_extra_bits`, whose
+    `2^-(52 + max_extra_bits)` per pair `failure_per_step` reports: 2^-1012,
+    about 1e-305, the smallest power of 2^64 still a normal float64).
+    The error bound of the float64 pass assumes numpy's `log` and `tan` are
+    within 2^-48 relative (16 to 32 ulp) of the truth (numpy states 4 ulp;
+    the tests measure 0.5 against mpmath), and correctly rounded `sqrt` and
+    arithmetic (IEEE 754).
+
+    What this does not cover: x itself is computed in float32 by the
+    backend, so the sensitivity of the clipped sum is C up to float32
+    rounding of the clipping and the sum (Casacuberta, Shoemate, Vadhan and
+    Wagaman, "Widespread underestimation of sensitivity in differentially
+    private libraries", CCS 2022), relative errors of order `B 2^-24`.
+
+    Cost (2-core AMD EPYC Zen 5, 270k samples): see the `dpsgd` benchmark's
+    `noise/*` rows.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import math
+from typing import Any
 
 import numpy as np
+from mpmath import iv, mp, mpf
 
 from privkeras.core.random import SecureStream
 
-__all__ = ["GaussianSampler", "HostNoise"]
+__all__ = [
+    "DEVICE_WORDS_PER_PAIR",
+    "ExactGaussianNoise",
+    "HostNoise",
+    "NoiseWords",
+    "gaussian_from_words",
+]
+
+_ONE = np.uint64(0x3FF0000000000000)  # bits of 1.0
+_MANTISSA = np.uint64((1 << 52) - 1)
+_SIGN = np.uint64(1 << 63)
+_ULP = 2.0**-52
+#: Relative error assumed for numpy's float64 `log` and `tan`: 2^-48, 16 to 32 ulp (numpy
+#: states 4; the tests measure 0.5 against mpmath). The error bound below is built on it.
+FUNCTION_ERROR = 2.0**-48
+#: Uniform words per pair of samples on the device route: radius (2) and angle (1).
+DEVICE_WORDS_PER_PAIR = 3
+#: Float32 rounding boundaries are never closer to a float64 v than this relative margin.
+_MARGIN = 2.0**-49
 
 
-class GaussianSampler:
-    """`size` N(0, std^2) float32 samples per `sample()`, from a `SecureStream`.
+def _unit_from_bits(words: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`1 + (low 52 bits) 2^-52`, in [1, 2), exactly (the bits become the mantissa of 1.0)."""
+    bits = out.view(np.uint64)
+    np.bitwise_and(words, _MANTISSA, out=bits)
+    np.bitwise_or(bits, _ONE, out=bits)
+    return out
 
-    Buffers are reused: a returned array is overwritten `buffers` calls later.
+
+class ExactGaussianNoise:
+    """`RN32(x + std * N)` for float32 vectors x, N an ideal Gaussian vector.
+
+    One pair of uniforms per two coordinates: coordinate `p` takes the
+    cosine of pair p and coordinate `pairs + p` its sine. Per pair, 64
+    random bits give the radius uniform `W = 1 - V` (52 bits of V) and two
+    signs, 64 more give the angle uniform `A` (52 bits):
+    `N = (+-r cos(pi A / 2), +-r sin(pi A / 2))`, `r = sqrt(-2 ln W)`, where
+    the signs place the angle in its quadrant. The cosine and sine come from
+    `t = tan(pi A / 4)` (numpy's float64 `sin` and `cos` are 7x slower than
+    `tan` here). Buffers are reused: an output is overwritten `buffers`
+    calls later.
 
     Args:
-        size: Samples per call.
-        std: Standard deviation.
+        size: Coordinates per call.
+        std: Noise standard deviation (the float64 value is raised by 2^-50
+            relative, so that rounding never lowers it).
         stream: The keystream source.
         buffers: How many output arrays to rotate through.
+        max_extra_bits: Random bits a uniform may gain in refinement.
+
+    Attributes:
+        refined: Coordinates recomputed in interval arithmetic so far.
+        failure_per_step: Probability, per call, that some sample needed more
+            than `max_extra_bits` (the sampler then rounds its best interval).
     """
 
-    def __init__(self, size: int, std: float, stream: SecureStream, buffers: int = 2):
-        self.size = size
-        self.std = float(std)
+    def __init__(
+        self,
+        size: int,
+        std: float,
+        stream: SecureStream,
+        buffers: int = 2,
+        max_extra_bits: int = 960,
+    ):
+        if not (std >= 0 and math.isfinite(std)):
+            raise ValueError(f"Expected std >= 0 and finite. Received: std={std}")
+        self.size = int(size)
+        self.std = float(std) * (1.0 + 2.0**-50)
+        self.max_extra_bits = int(max_extra_bits)
         self._stream = stream
-        self._pairs = pairs = (size + 1) // 2
-        self._radius = np.empty(pairs, dtype=np.float32)
-        self._words = np.empty(pairs, dtype=np.uint32)
-        self._angle = np.empty(pairs, dtype=np.float32)
+        self.pairs = pairs = (self.size + 1) // 2
+        self._words = np.empty(2 * pairs, dtype=np.uint64)
+        self._a = np.empty(pairs)  # scratch, float64
+        self._b = np.empty(pairs)
+        self._radius = np.empty(pairs)
+        self._error = np.empty(pairs)  # |N - N_computed| bound per pair (both coordinates)
+        self._normal = np.empty(2 * pairs)
+        self._v = np.empty(2 * pairs)
+        self._low = np.empty(2 * pairs, dtype=np.float32)
+        self._high = np.empty(2 * pairs, dtype=np.float32)
         self._outputs = [np.empty(2 * pairs, dtype=np.float32) for _ in range(buffers)]
         self._next = 0
+        self.refined = 0
+        self.failure_per_step = pairs * 2.0 ** -(52 + self.max_extra_bits)
 
-    def sample(self) -> np.ndarray:
-        pairs = self._pairs
-        # 8 bytes per radius (53 bits used), 4 per angle (24 bits used).
-        raw = self._stream.random_bytes(8 * pairs)
-        radius, angle, words = self._radius, self._angle, self._words
-        # u = (k + 1) / 2^32 in (0, 1]: exact where it matters (small u, the tails).
-        np.add(
-            np.frombuffer(raw, dtype="<u4", count=pairs),
-            np.float32(1.0),
-            out=radius,
-            casting="unsafe",
-        )
-        np.multiply(radius, np.float32(2.0**-32), out=radius)
-        np.log(radius, out=radius)
-        np.multiply(radius, np.float32(-2.0 * self.std**2), out=radius)
-        np.sqrt(radius, out=radius)  # std * sqrt(-2 ln u)
-        np.right_shift(np.frombuffer(raw, dtype="<u4", offset=4 * pairs, count=pairs), 8, out=words)
-        np.multiply(words, np.float32(2.0 * np.pi * 2.0**-24), out=angle, casting="unsafe")
+    # -- the float64 pass ------------------------------------------------------------------
+    def _normals(self) -> None:
+        """Fills `_normal` with N computed in float64 and `_error` with a bound per pair."""
+        pairs, words = self.pairs, self._words
+        self._stream.fill(words)
+        radius_words, angle_words = words[:pairs], words[pairs:]
+        a, b, r, err, normal = self._a, self._b, self._radius, self._error, self._normal
+        # Radius: W_hi = 1 - k 2^-52 = 2 - (1 + k 2^-52), exact; W in (W_hi - 2^-52, W_hi].
+        _unit_from_bits(radius_words, a)
+        np.subtract(2.0, a, out=a)
+        np.log(a, out=r)
+        np.multiply(r, -2.0, out=r)
+        np.sqrt(r, out=r)  # r = sqrt(-2 ln W_hi)
+        # |N - N_f| <= dr + r |d cos| with dr <= 2 dL / r, dL <= 2^-51 / (W_hi - 2^-52) (the
+        # cell of W) + 2^-48 L (log's error), |d cos| <= 2^-46.8 (tan's error, the cell of A,
+        # roundings): dr + r |d cos| <= 2^-50 / ((W_hi - 2^-52) r) + 2^-45.9 r. Used: twice the
+        # first term, 1.9x the second.
+        np.subtract(a, _ULP, out=a)
+        np.multiply(a, r, out=a)
+        with np.errstate(divide="ignore"):  # W_hi = 2^-52 or r = 0: inf, refined below
+            np.divide(2.0**-49, a, out=err)
+        np.multiply(r, 2.0**-45, out=a)
+        np.add(err, a, out=err)
+        np.multiply(err, self.std, out=err)
+        # Angle: t = tan(pi A / 4) in [0, 1), A = 52 bits: cos = (1 - t^2) / (1 + t^2), ...
+        _unit_from_bits(angle_words, a)
+        np.subtract(a, 1.0, out=a)  # A, exact
+        np.multiply(a, math.pi / 4.0, out=a)
+        np.tan(a, out=a)
+        np.multiply(a, a, out=b)
+        cosine, sine = normal[:pairs], normal[pairs:]
+        np.subtract(1.0, b, out=cosine)
+        np.add(1.0, b, out=b)
+        np.divide(r, b, out=b)  # r / (1 + t^2)
+        np.multiply(cosine, b, out=cosine)
+        np.multiply(a, b, out=sine)
+        np.multiply(sine, 2.0, out=sine)
+        # Signs: bits 63 and 62 of the radius word.
+        bits = cosine.view(np.uint64)
+        np.bitwise_xor(bits, np.bitwise_and(radius_words, _SIGN), out=bits)
+        bits = sine.view(np.uint64)
+        np.bitwise_xor(bits, np.bitwise_and(np.left_shift(radius_words, 1), _SIGN), out=bits)
+
+    # -- the noised vector -------------------------------------------------------------------
+    def add(self, x: np.ndarray) -> np.ndarray:
+        """`RN32(x + std * N)` for a float32 vector `x` of `size` coordinates."""
+        x = np.asarray(x)
+        if x.shape != (self.size,) or x.dtype != np.float32:
+            raise ValueError(
+                f"Expected a float32 vector of shape ({self.size},). "
+                f"Received: shape={x.shape}, dtype={x.dtype}"
+            )
+        self._normals()
+        size, pairs = self.size, self.pairs
+        v, low, high = self._v[:size], self._low[:size], self._high[:size]
         out = self._outputs[self._next]
         self._next = (self._next + 1) % len(self._outputs)
-        np.cos(angle, out=out[:pairs])
-        np.sin(angle, out=out[pairs:])
-        out[:pairs] *= radius
-        out[pairs:] *= radius
-        return out[: self.size]
+        y = out[:size]
+        np.multiply(self._normal[:size], self.std, out=v)
+        np.add(v, x, out=v)
+        np.copyto(y, v, casting="same_kind")
+        # Bound on |v - (x + std N)| plus the margin: std |dN| + 2^-49 |v|.
+        e = self._normal[:size]  # N is no longer needed: reuse its buffer
+        np.abs(v, out=e)
+        np.multiply(e, _MARGIN, out=e)
+        np.add(e[:pairs], self._error, out=e[:pairs])
+        np.add(e[pairs:], self._error[: size - pairs], out=e[pairs:])
+        np.subtract(v, e, out=low, casting="same_kind")
+        np.add(v, e, out=high, casting="same_kind")
+        ambiguous = np.flatnonzero(low != high)
+        if ambiguous.size:
+            self._refine(ambiguous, x, y)
+        return y
+
+    def _refine(self, coordinates: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Settles `coordinates` with 64 more bits per uniform: in long double (64-bit
+        mantissa) for nearly all, then in mpmath interval arithmetic for what remains."""
+        coordinates = coordinates[np.isfinite(x[coordinates])]  # NaN stays NaN
+        if not coordinates.size:
+            return
+        self.refined += coordinates.size
+        pairs = np.unique(coordinates % self.pairs)
+        extension = self._stream.fill(np.empty(2 * pairs.size, dtype=np.uint64))
+        row = np.searchsorted(pairs, coordinates % self.pairs)
+        radius_words, angle_words = self._words[pairs][row], self._words[self.pairs + pairs][row]
+        v_more, a_more = extension[0::2][row], extension[1::2][row]
+        sine = coordinates >= self.pairs
+        negative = np.where(sine, radius_words << np.uint64(1), radius_words) >> np.uint64(63)
+        values, settled = _extended_precision(
+            x[coordinates], self.std, radius_words & _MANTISSA, v_more, angle_words & _MANTISSA,
+            a_more, sine, negative.astype(bool),
+        )  # fmt: skip
+        y[coordinates[settled]] = values[settled]
+        for k in np.flatnonzero(~settled).tolist():
+            v_bits = int(radius_words[k] & _MANTISSA) << 64 | int(v_more[k])
+            a_bits = int(angle_words[k] & _MANTISSA) << 64 | int(a_more[k])
+            y[coordinates[k]] = self._settle(
+                float(x[coordinates[k]]), v_bits, a_bits, bool(sine[k]), bool(negative[k])
+            )
+
+    def _settle(self, x: float, v_bits: int, a_bits: int, sine: bool, negative: bool):
+        """mpmath interval arithmetic, 64 more bits per uniform per round, until certain."""
+        bits = 52 + 64
+        while True:
+            last = bits - 52 >= self.max_extra_bits
+            value = _exact_float32(x, self.std, v_bits, a_bits, bits, sine, negative, last)
+            if value is not None:
+                return value
+            more = self._stream.fill(np.empty(2, dtype=np.uint64)).tolist()
+            v_bits, a_bits, bits = v_bits << 64 | more[0], a_bits << 64 | more[1], bits + 64
+
+    def close(self) -> None:
+        """Nothing to release (symmetry with `NoiseWords`)."""
 
 
-class HostNoise:
-    """Each step's noise, drawn on the host, optionally one step ahead.
+def _exact_float32(x, std, v_bits, a_bits, bits, use_sine, negative, force):
+    """RN32(x + std N) for the pair's uniforms known to `bits` bits, or None if not yet certain.
 
-    Draws are consumed strictly in order, each exactly once. A returned array
-    stays valid until the next `take()` returns.
+    Interval arithmetic (mpmath's `iv`) at `bits + 64` bits of precision:
+    V in [v 2^-bits, (v + 1) 2^-bits), W = 1 - V, A likewise.
+    """
+    prec, saved = bits + 96, iv.prec
+    with mp.workprec(prec):
+        iv.prec = prec
+        try:
+            return _exact_float32_at(x, std, v_bits, a_bits, bits, use_sine, negative, force)
+        finally:
+            iv.prec = saved
+
+
+def _exact_float32_at(x, std, v_bits, a_bits, bits, use_sine, negative, force):
+    scale = mpf(2) ** -bits
+    v = iv.mpf([mpf(v_bits) * scale, mpf(v_bits + 1) * scale])
+    a = iv.mpf([mpf(a_bits) * scale, mpf(a_bits + 1) * scale])
+    w = 1 - v
+    if w.a <= 0:  # V's cell reaches 1: the radius is unbounded so far
+        if not force:
+            return None
+        w = iv.mpf([scale / 2, w.b])
+    radius = iv.sqrt(-2 * iv.log(w))
+    angle = iv.pi / 2 * a
+    normal = radius * (iv.sin(angle) if use_sine else iv.cos(angle))
+    value = iv.mpf(x) + iv.mpf(std) * (-normal if negative else normal)
+    low, high = (_round_float32(end) for end in value._mpi_)
+    if low == high or force:
+        return low
+    return None
+
+
+_LD = np.longdouble
+_PI_4 = _LD("0.785398163397448309615660845819875721")  # pi / 4 to long double precision
+#: Relative error assumed for long double `log` and `tan` (glibc's logl and tanl: 1-2 ulp).
+EXTENDED_FUNCTION_ERROR = 2.0**-58
+
+
+def _extended_precision(x, std, v_high, v_low, a_high, a_low, sine, negative):
+    """RN32(x + std N) in long double from 116-bit uniforms, and which are certain.
+
+    The same bound as the float64 pass, with long double's 64-bit mantissa:
+    `|N - N_ld| <= (2^-113 / (W_top - 2^-116) + 2^-61) / r + 2^-55 r` and a
+    margin of 2^-60 |v| (W's cell of width 2^-116, and its rounding to 64
+    bits, which the float64 pass does not have; log and tan within
+    `EXTENDED_FUNCTION_ERROR`; the cell of A and the roundings).
+    """
+    two64 = _LD(2.0**64)
+    # W_top = 1 - (v_high 2^64 + v_low) 2^-116 = ((2^52 - 1 - v_high) + (2^64 - v_low) 2^-64) 2^-52
+    w = (_LD(2.0**52 - 1) - v_high.astype(_LD) + (two64 - v_low.astype(_LD)) / two64) * _LD(_ULP)
+    r = np.sqrt(-2 * np.log(w))
+    t = np.tan((a_high.astype(_LD) + a_low.astype(_LD) / two64) * _LD(_ULP) * _PI_4)
+    scale = r / (1 + t * t)
+    normal = np.where(sine, 2 * t * scale, (1 - t * t) * scale)
+    normal = np.where(negative, -normal, normal)
+    with np.errstate(divide="ignore"):
+        error = (_LD(2.0**-113) / (w - _LD(2.0**-116)) + _LD(2.0**-61)) / r + _LD(2.0**-55) * r
+    v = x.astype(_LD) + _LD(std) * normal
+    e = _LD(std) * error + np.abs(v) * _LD(2.0**-60)
+    low, high = (v - e).astype(np.float32), (v + e).astype(np.float32)
+    return v.astype(np.float32), low == high
+
+
+def _round_float32(raw: tuple) -> np.float32:
+    """The float32 nearest (ties to even) to an mpmath raw value `(sign, man, exp, bc)`."""
+    sign, man, exp, _ = raw
+    if man == 0:
+        return np.float32(0.0)
+    top = exp + man.bit_length() - 1  # floor(log2 |value|)
+    quantum = max(top - 23, -149)
+    if exp < quantum:
+        shift = quantum - exp
+        rounded, rest = man >> shift, man & ((1 << shift) - 1)
+        half = 1 << (shift - 1)
+        if rest > half or (rest == half and rounded & 1):
+            rounded += 1
+        man, exp = rounded, quantum
+    with np.errstate(over="ignore"):
+        value = np.float32(math.ldexp(man, exp) if exp < 1000 else math.inf)
+    return -value if sign else value
+
+
+# -- the device route ------------------------------------------------------------------------
+
+
+class NoiseWords:
+    """Random 64-bit words for `gaussian_from_words`: 3 per pair of samples, per step.
 
     Args:
         size: Samples per step.
-        std: Standard deviation.
-        ahead: Draw the next step's noise in a background thread. It pays
-            when the host is idle during the step (a model on a GPU); when
-            the step keeps every core busy, the thread's competition costs
-            more than the draw (measured: MLP step +0.4 ms under torch).
+        stream: The keystream source.
+        buffers: Output arrays to rotate through; 0 for a fresh array at every
+            call (when a consumer may keep one for an unknown time, as tf.data's
+            prefetching does).
+
+    Attributes:
+        failure_per_step: Probability, per step, that some radius uniform fell
+            in its last cell of width 2^-104 (a sample beyond 12.0 sigma then
+            comes out at about 12.0 sigma): `pairs * 2^-104`.
     """
 
-    def __init__(self, size: int, std: float, ahead: bool = False):
-        self.size = size
-        self.std = float(std)
-        stream = SecureStream()  # keyed from os.urandom
-        # Three buffers: the one in use, the one ready, the one being drawn.
-        self._sampler = GaussianSampler(size, std, stream, buffers=3)
+    def __init__(self, size: int, stream: SecureStream, buffers: int = 2):
+        self.size = int(size)
+        self.pairs = (self.size + 1) // 2
+        self._stream = stream
+        self._outputs = [
+            np.empty(DEVICE_WORDS_PER_PAIR * self.pairs, dtype=np.uint64) for _ in range(buffers)
+        ]
+        self._next = 0
+        self.failure_per_step = self.pairs * 2.0**-104
+
+    def take(self) -> np.ndarray:
+        """The next step's words."""
+        if not self._outputs:
+            return self._stream.fill(np.empty(DEVICE_WORDS_PER_PAIR * self.pairs, np.uint64))
+        out = self._outputs[self._next]
+        self._next = (self._next + 1) % len(self._outputs)
+        return self._stream.fill(out)
+
+
+def gaussian_from_words(words: Any, size: int, ops: Any) -> Any:
+    """`size` float64 N(0, 1) samples from `NoiseWords` words, in any array library.
+
+    Args:
+        words: `3 * pairs` uint64 (or int64) words: radius high, radius low
+            and angle word per pair, each block of `pairs` contiguous.
+        size: Samples wanted (<= 2 * pairs).
+        ops: The array namespace: `NUMPY_WORD_OPS`, or the backend's with the
+            same functions (`bitwise_and`, `bitwise_or`, `bitwise_xor`,
+            `left_shift`, `as_float64`, `as_words`, `log`, `sqrt`, `tan`,
+            `concat`, `constant`).
+
+    The radius uniform is `W = 1 - V` with 104 bits of V (52 from each
+    radius word), the angle `A` has 52 bits; signs come from bits 63 and 62
+    of the high radius word.
+    """
+    pairs = (size + 1) // 2
+    high, low, angle = words[:pairs], words[pairs : 2 * pairs], words[2 * pairs : 3 * pairs]
+    mantissa, one, sign = ops.constant(_MANTISSA), ops.constant(_ONE), ops.constant(_SIGN)
+
+    def unit(w):  # 1 + (low 52 bits) 2^-52, in [1, 2)
+        return ops.as_float64(ops.bitwise_or(ops.bitwise_and(w, mantissa), one))
+
+    # W = (1 - k_high 2^-52) - 2^-52 + (1 - k_low 2^-52) 2^-52, in (0, 1].
+    w = (2.0 - unit(high) - _ULP) + (2.0 - unit(low)) * _ULP
+    radius = ops.sqrt(-2.0 * ops.log(w))
+    t = ops.tan((unit(angle) - 1.0 + 2.0**-53) * (math.pi / 4.0))
+    scale = radius / (1.0 + t * t)
+    cosine = (1.0 - t * t) * scale
+    sine = 2.0 * t * scale
+
+    def signed(values, word):
+        flip = ops.bitwise_and(word, sign)
+        return ops.as_float64(ops.bitwise_xor(ops.as_words(values), flip))
+
+    normal = ops.concat([signed(cosine, high), signed(sine, ops.left_shift(high, 1))])
+    return normal[:size]
+
+
+class _NumpyWordOps:
+    """`gaussian_from_words` on numpy (the reference for the backends' versions)."""
+
+    bitwise_and = staticmethod(np.bitwise_and)
+    bitwise_or = staticmethod(np.bitwise_or)
+    bitwise_xor = staticmethod(np.bitwise_xor)
+    log = staticmethod(np.log)
+    sqrt = staticmethod(np.sqrt)
+    tan = staticmethod(np.tan)
+
+    @staticmethod
+    def left_shift(x, n):
+        return np.left_shift(x, np.uint64(n))
+
+    @staticmethod
+    def as_float64(x):
+        return np.asarray(x).view(np.float64)
+
+    @staticmethod
+    def as_words(x):
+        return np.asarray(x).view(np.uint64)
+
+    @staticmethod
+    def concat(parts):
+        return np.concatenate(parts)
+
+    @staticmethod
+    def constant(value):
+        return np.uint64(value)
+
+
+NUMPY_WORD_OPS = _NumpyWordOps
+
+
+class HostNoise:
+    """Each step's host draw (noised vectors or device words), optionally one step ahead.
+
+    Args:
+        draw: The function that makes one step's draw (a bound method of
+            `ExactGaussianNoise` or `NoiseWords`).
+        ahead: Draw the next step's in a background thread (only for draws
+            that take no input: the device route's words). It pays when the
+            host is idle during the step (a model on a GPU); on CPU the
+            thread competes with the step's own threads.
+    """
+
+    def __init__(self, draw, ahead: bool = False):
+        self._draw = draw
         self._executor = None
         self._next = None
         self._closed = False
@@ -116,20 +485,20 @@ class HostNoise:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="privkeras-dp-noise"
             )
-            self._next = self._executor.submit(self._sampler.sample)
+            self._next = self._executor.submit(draw)
 
-    def take(self) -> np.ndarray:
-        """This step's noise (waiting for it if drawn ahead and not ready)."""
+    def take(self, *args) -> np.ndarray:
+        """This step's draw (waiting for it if drawn ahead and not ready)."""
         if self._closed:
             raise RuntimeError("HostNoise.take() after close().")
         if self._executor is None:
-            return self._sampler.sample()
+            return self._draw(*args)
         sample = self._next.result()
-        self._next = self._executor.submit(self._sampler.sample)
+        self._next = self._executor.submit(self._draw)
         return sample
 
     def close(self) -> None:
-        """Stops the background thread; a drawn but untaken sample is dropped."""
+        """Stops the background thread; a drawn but untaken draw is dropped."""
         self._closed = True
         self._next = None
         if self._executor is not None:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from privkeras.backends.dpsgd.clipping import same_padding
-from privkeras.backends.dpsgd.noise import HostNoise
+from privkeras.backends.dpsgd.noise import DEVICE_WORDS_PER_PAIR
 from privkeras.backends.dpsgd.sampling import PLACEHOLDER_WEIGHT, SampledBatches
 from privkeras.backends.dpsgd.trainer import DPTrainer
 
@@ -50,10 +50,47 @@ def _patches_by_space_to_depth(inputs, kh: int, kw: int, stride: int):
     return patches, order.reshape(-1).astype(np.int32)
 
 
+class TensorFlowWordOps:
+    """`noise.gaussian_from_words` on TensorFlow uint64 tensors (XLA compiles it)."""
+
+    bitwise_and = staticmethod(tf.bitwise.bitwise_and)
+    bitwise_or = staticmethod(tf.bitwise.bitwise_or)
+    bitwise_xor = staticmethod(tf.bitwise.bitwise_xor)
+    log = staticmethod(tf.math.log)
+    sqrt = staticmethod(tf.math.sqrt)
+    tan = staticmethod(tf.math.tan)
+
+    @staticmethod
+    def left_shift(x, n):
+        return tf.bitwise.left_shift(x, tf.constant(n, tf.uint64))
+
+    @staticmethod
+    def as_float64(x):
+        return tf.bitcast(x, tf.float64)
+
+    @staticmethod
+    def as_words(x):
+        return tf.bitcast(x, tf.uint64)
+
+    @staticmethod
+    def concat(parts):
+        return tf.concat(parts, 0)
+
+    @staticmethod
+    def constant(value):
+        return tf.constant(int(value), tf.uint64)
+
+
 class TensorFlowDPTrainer(DPTrainer):
     """`DPTrainer` on `tf.GradientTape`."""
 
+    word_ops = TensorFlowWordOps
+    device_word_buffers = 0  # tf.data may hold several prefetched steps' words
+
     def train_step(self, data: Any) -> dict[str, Any]:
+        if self.noise_route == "device":  # The words travel with the batch (see `batches`).
+            *data, self._step_words = data
+            data = tuple(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             taps, y_pred = self.forward(x)
@@ -129,16 +166,20 @@ class TensorFlowDPTrainer(DPTrainer):
         ]
 
     # -- noise and data ----------------------------------------------------------------
-    def prefers_host_noise(self) -> bool:
-        # On CPU, TF's normal sampler costs 3.5 ms per 270k samples, single-threaded.
-        if self.model.jit_compile:
-            return False  # XLA cannot call back into Python.
-        return not tf.config.list_logical_devices("GPU")
+    def on_accelerator(self) -> bool:
+        return bool(tf.config.list_logical_devices("GPU"))
 
-    def host_noise(self, source: HostNoise) -> Any:
-        flat = tf.numpy_function(source.take, [], tf.float32, stateful=True)
-        flat.set_shape([source.size])
-        return flat
+    def can_call_host(self) -> bool:
+        return not self.model.jit_compile  # XLA cannot call back into Python.
+
+    def noised_on_host(self, means):
+        flat = self.flatten(means)
+        noised = tf.numpy_function(self.take_host, [flat], tf.float32, stateful=True)
+        noised.set_shape([self._noise_size])
+        return self.unflatten(noised)
+
+    def device_words(self):
+        return self._step_words
 
     def batches(self, source: SampledBatches) -> tf.data.Dataset:
         # TF's gradient of reduce_mean fails on empty tensors (LayerNormalization,
@@ -147,6 +188,8 @@ class TensorFlowDPTrainer(DPTrainer):
         arrays = source.arrays
         x, y = tf.constant(arrays.x), tf.constant(arrays.y)
         weights = tf.constant(arrays.sample_weight)
+        words = self.noise_route == "device"
+        word_count = DEVICE_WORDS_PER_PAIR * ((self._noise_size + 1) // 2)
 
         def load(index):
             # The sampler picks indices on the host; TF gathers the rows. (Not
@@ -160,6 +203,12 @@ class TensorFlowDPTrainer(DPTrainer):
             placeholder.set_shape([])
             batch_weights = tf.gather(weights, indices)
             batch_weights = tf.where(placeholder, PLACEHOLDER_WEIGHT, batch_weights)
-            return tf.gather(x, indices), tf.gather(y, indices), batch_weights
+            batch = (tf.gather(x, indices), tf.gather(y, indices), batch_weights)
+            if not words:
+                return batch
+            # The device route's words, drawn on the host (AES-CTR) in order, one per step.
+            step_words = tf.numpy_function(self.take_host, [], tf.uint64, stateful=True)
+            step_words.set_shape([word_count])
+            return (*batch, step_words)
 
         return tf.data.Dataset.range(len(source)).map(load).prefetch(2)  # in order

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from privkeras.backends.dpsgd.clipping import same_padding
-from privkeras.backends.dpsgd.noise import HostNoise
 from privkeras.backends.dpsgd.sampling import SampledBatches
 from privkeras.backends.dpsgd.trainer import DPTrainer
 
@@ -73,10 +73,43 @@ class TorchArrayOps:
         return torch.clamp_max(x, y) if isinstance(y, (int, float)) else torch.minimum(x, y)
 
 
+class TorchWordOps:
+    """`noise.gaussian_from_words` on torch int64 tensors (torch has no uint64 arithmetic):
+    the same bits, and the sign mask as the int64 -2^63."""
+
+    bitwise_and = staticmethod(torch.bitwise_and)
+    bitwise_or = staticmethod(torch.bitwise_or)
+    bitwise_xor = staticmethod(torch.bitwise_xor)
+    log = staticmethod(torch.log)
+    sqrt = staticmethod(torch.sqrt)
+    tan = staticmethod(torch.tan)
+
+    @staticmethod
+    def left_shift(x, n):
+        return torch.bitwise_left_shift(x, n)
+
+    @staticmethod
+    def as_float64(x):
+        return x.view(torch.float64)
+
+    @staticmethod
+    def as_words(x):
+        return x.view(torch.int64)
+
+    @staticmethod
+    def concat(parts):
+        return torch.cat(parts)
+
+    @staticmethod
+    def constant(value):
+        return int(np.uint64(value).view(np.int64))
+
+
 class TorchDPTrainer(DPTrainer):
     """`DPTrainer` on `torch.autograd`."""
 
     array_ops = TorchArrayOps
+    word_ops = TorchWordOps
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -102,12 +135,6 @@ class TorchDPTrainer(DPTrainer):
                 regularization,
                 reg_grads,
             )
-
-    def add_noise(self, means):
-        if self._noise_std == 0:
-            return means
-        # In place: the means are this step's own fresh tensors.
-        return [mean.add_(noise) for mean, noise in zip(means, self.noise())]
 
     def _regularization_gradients(self):
         regularization = self.regularization()
@@ -151,15 +178,33 @@ class TorchDPTrainer(DPTrainer):
         ]
 
     # -- noise and data ----------------------------------------------------------------
-    def prefers_host_noise(self) -> bool:
-        # On CPU the host sampler (AES-CTR Box-Muller, 0.6 ms per 270k samples) beats
-        # torch's normal_ (0.9 ms).
-        return all(v.value.device.type == "cpu" for v in self._variables)
+    def on_accelerator(self) -> bool:
+        return any(v.value.device.type != "cpu" for v in self._variables)
 
-    def host_noise(self, source: HostNoise) -> Any:
-        noise = torch.from_numpy(source.take())
-        device = self._variables[0].value.device
-        return noise if device.type == "cpu" else noise.to(device)  # secure_noise on a GPU
+    def can_call_host(self) -> bool:
+        return True  # torch.compile breaks the graph at the host call (_host_call).
+
+    def flatten(self, tensors):
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, flat):
+        return [part.view(shape) for part, shape in zip(flat.split(self._sizes), self._shapes)]
+
+    def noised_on_host(self, means):
+        flat = self.flatten(means)
+        noised = _host_call(self.take_host, flat.detach().cpu().numpy())
+        return self.unflatten(torch.from_numpy(noised).to(flat.device))
+
+    def device_words(self):
+        words = _host_call(self.take_host).view(np.int64)
+        return torch.from_numpy(words).to(self._variables[0].value.device)
 
     def batches(self, source: SampledBatches) -> SampledBatches:
         return source
+
+
+@torch.compiler.disable
+def _host_call(function, *args):
+    """Calls the host sampler outside torch.compile's tracing (numpy and AES stay numpy and
+    AES: dynamo would otherwise trace numpy calls into torch operations)."""
+    return function(*args)

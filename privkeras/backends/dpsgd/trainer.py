@@ -17,6 +17,14 @@ One step, on a batch of any size (Poisson batches vary, and may be empty):
 5. Weight-regularization gradients (data-independent) are added, the
    optimizer applies the update, and Keras's metrics are updated.
 
+The noise takes one of two routes (`noise.py`), both keyed from `os.urandom`
+at every `fit` (`start_run`): `"host"` sends the flat clipped mean to the
+host, which returns the exactly rounded Gaussian mechanism (CPU models, and
+every model with `secure_noise=True`); `"device"` brings random words from
+the host's AES-CTR stream into the step and turns them into float64
+Gaussians there (accelerator and XLA models, which cannot call the host
+without a round trip).
+
 `tensorflow.py` and `torch.py` subclass `DPTrainer` with `train_step`
 (the backward pass) and the two per-example primitives of
 `clipping.PerExampleGradientSource`. Keras compiles the step as it compiles
@@ -29,19 +37,21 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-import warnings
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from privkeras.backends.dpsgd import clipping
-from privkeras.backends.dpsgd.noise import HostNoise
+from privkeras.backends.dpsgd import clipping, noise, validation
 from privkeras.backends.dpsgd.per_example_loss import PerExampleLoss
-from privkeras.errors import EngineNotAvailableError, UnsupportedLayerError
+from privkeras.core.random import SecureStream
+from privkeras.errors import EngineNotAvailableError, PrivacyPolicyError, UnsupportedLayerError
 
-__all__ = ["DPTrainer", "LayerPlan", "StepConfig", "Tap", "make_trainer"]
+__all__ = ["NOISE_ROUTES", "DPTrainer", "LayerPlan", "StepConfig", "Tap", "make_trainer"]
+
+#: Where the noise is made: "host" (exactly rounded, on the CPU) or "device" (in the step).
+NOISE_ROUTES = ("host", "device")
 
 #: Keras backend -> "module:class" of its trainer (imported on demand).
 TRAINERS: dict[str, str] = {
@@ -58,8 +68,9 @@ class StepConfig:
         l2_norm_clip: C.
         noise_multiplier: sigma; noise std is `sigma * C` per coordinate.
         divisor: The noisy clipped sum is divided by this (expected batch size).
-        secure_noise: Draw the noise from a `SecureStream` (host, numpy).
+        secure_noise: Take the host route on every device (refused under XLA).
         fast_clipping: Use the registered fast rules (False: per-example fallback for all).
+        noise_route: Force a route of `NOISE_ROUTES` (None: chosen by device and compile mode).
     """
 
     l2_norm_clip: float
@@ -67,6 +78,7 @@ class StepConfig:
     divisor: float
     secure_noise: bool = False
     fast_clipping: bool = True
+    noise_route: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,32 +119,80 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         self.plan = [self._plan_layer(layer) for layer in model.layers]
         self._check_coverage()
         self._variables = list(model.trainable_variables)
-        self._noise_size = sum(int(np.prod(v.shape)) for v in self._variables)
+        self._shapes = [tuple(v.shape) for v in self._variables]
+        self._sizes = [int(np.prod(shape)) for shape in self._shapes]
+        self._noise_size = sum(self._sizes)
         # The noise of the mean: sigma C on the sum, divided as the sum is.
-        std = config.noise_multiplier * config.l2_norm_clip / config.divisor
-        self._noise_std = std
-        self._host_noise = None
-        self._noise_seed = None
-        if std > 0 and (config.secure_noise or self.prefers_host_noise()):
-            # One step ahead in a thread only when the step runs elsewhere (secure noise
-            # for a GPU model): on CPU the thread competes with the step's own threads
-            # and cost more than the 0.6 ms draw it hid (torch MLP: 1.32x -> 1.25x).
-            self._host_noise = HostNoise(self._noise_size, std, ahead=not self.prefers_host_noise())
-        elif std > 0:
-            warnings.warn(
-                "DP-SGD draws this model's noise in the step from the Keras backend's "
-                "generator (an accelerator or XLA model), which is fast but NOT "
-                "cryptographically secure: whoever learns its state can subtract the noise. "
-                "Pass DPSGD(secure_noise=True) to draw it from the host's AES-CTR stream.",
-                UserWarning,
-                stacklevel=2,
-            )
-            self._noise_seed = keras.random.SeedGenerator()
+        self._noise_std = config.noise_multiplier * config.l2_norm_clip / config.divisor
+        self.noise_route = self._choose_noise_route()
+        self._noise = None  # ExactGaussianNoise or NoiseWords, re-keyed by start_run
+        self._host = None
+        self._step_words = None  # the device route's words of the step being traced (TF)
+        validation.keras_internal(model, "_loss_tracker", "the loss shown in the logs")
 
-    def close(self) -> None:
-        """Releases the background noise thread (after fit)."""
-        if self._host_noise is not None:
-            self._host_noise.close()
+    def _choose_noise_route(self) -> str | None:
+        if self._noise_std == 0:
+            return None
+        route = self.config.noise_route
+        if route is None and self.config.secure_noise:
+            route = "host"
+        elif route is None:
+            route = "host" if self.can_call_host() and not self.on_accelerator() else "device"
+        if route not in NOISE_ROUTES:
+            raise PrivacyPolicyError(
+                f"Expected noise_route in {list(NOISE_ROUTES)}. Received: noise_route={route!r}"
+            )
+        if route == "host" and not self.can_call_host():
+            raise PrivacyPolicyError(
+                "DPSGD(secure_noise=True) adds the exactly rounded Gaussian mechanism on the "
+                "host, which an XLA-compiled step cannot call. Expected compile(jit_compile="
+                "False) with secure_noise=True. Received: jit_compile=True"
+            )
+        return route
+
+    def start_run(self) -> None:
+        """Keys this run's noise afresh from `os.urandom` (called at every `fit`)."""
+        self.end_run()
+        if self.noise_route is None:
+            return
+        stream = SecureStream()  # keyed from os.urandom
+        if self.noise_route == "host":
+            self._noise = noise.ExactGaussianNoise(self._noise_size, self._noise_std, stream)
+            self._host = noise.HostNoise(self._noise.add)
+        else:
+            self._noise = noise.NoiseWords(self._noise_size, stream, self.device_word_buffers)
+            self._host = noise.HostNoise(self._noise.take, ahead=self.draws_words_ahead())
+
+    def end_run(self) -> None:
+        """Releases the background noise thread, if any (after `fit`)."""
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+
+    close = end_run
+
+    @property
+    def failure_per_step(self) -> float:
+        """Per step, the probability that the sampler left the range where it is exact."""
+        return 0.0 if self._noise is None else self._noise.failure_per_step
+
+    def describe_noise(self) -> str:
+        """How this run draws its noise, for `privacy_report()`."""
+        if self.noise_route is None:
+            return "none (noise_multiplier=0)"
+        if self.noise_route == "host":
+            return (
+                "host: AES-256-CTR keyed from os.urandom; the exactly rounded Gaussian "
+                "mechanism (float32 nearest to x + N(0, std^2))"
+            )
+        return (
+            "device: AES-256-CTR words keyed from os.urandom, float64 Box-Muller in the step "
+            "(104-bit radius uniform: tails to 12 sigma), rounded to float32"
+        )
+
+    def take_host(self, *args) -> np.ndarray:
+        """The current run's host draw (stable across runs: traced steps call this)."""
+        return self._host.take(*args)
 
     # -- planning ---------------------------------------------------------------------
     def _plan_layer(self, layer: keras.layers.Layer) -> LayerPlan:
@@ -204,10 +264,16 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         return [by_variable[id(v)] for v in self._variables]
 
     def add_noise(self, means: list[Any]) -> list[Any]:
-        """`means + N(0, (sigma C / divisor)^2)` per coordinate (nothing without noise)."""
-        if self._noise_std == 0:
+        """`RN32(means + N(0, (sigma C / divisor)^2))` per coordinate (nothing without noise)."""
+        if self.noise_route is None:
             return means
-        return [self.array_ops.add(mean, noise) for mean, noise in zip(means, self.noise())]
+        if self.noise_route == "host":
+            return self.noised_on_host(means)
+        normal = noise.gaussian_from_words(self.device_words(), self._noise_size, self.word_ops)
+        flat = self.array_ops.cast(self.flatten(means), "float64")
+        std = self._noise_std * (1.0 + 2.0**-50)  # as the host route: never below the stated std
+        noised = self.array_ops.cast(self.array_ops.add(flat, normal * std), "float32")
+        return self.unflatten(noised)
 
     def _per_example(self, tap: Tap, grad: Any) -> clipping.PerExampleGrads:
         layer = tap.plan.layer
@@ -222,33 +288,18 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
                 f"{type(error).__name__}: {error}"
             ) from error
 
-    def noise(self) -> list[Any]:
-        """N(0, (sigma C / divisor)^2) per coordinate of every trainable variable.
+    # -- flat views of the trainable variables ------------------------------------------------
+    def flatten(self, tensors: list[Any]) -> Any:
+        """One flat tensor of `tensors` (aligned with the trainable variables)."""
+        return ops.concatenate([ops.reshape(t, (-1,)) for t in tensors], axis=0)
 
-        From the host sampler (`HostNoise`) with `secure_noise` or when the
-        backend prefers it; otherwise from the backend's generator.
-        """
-        std = self._noise_std
-        if self._host_noise is not None:
-            flat = self.host_noise(self._host_noise)
-        else:
-            flat = self.step_noise(self._noise_size, std)
-        if flat is None:
-            return [
-                keras.random.normal(v.shape, stddev=std, dtype=v.dtype, seed=self._noise_seed)
-                for v in self._variables
-            ]
-        noises, start = [], 0
-        for v in self._variables:
-            size = int(np.prod(v.shape))
-            noises.append(self.array_ops.reshape(flat[start : start + size], tuple(v.shape)))
+    def unflatten(self, flat: Any) -> list[Any]:
+        """The inverse of `flatten`."""
+        out, start = [], 0
+        for shape, size in zip(self._shapes, self._sizes):
+            out.append(self.array_ops.reshape(flat[start : start + size], shape))
             start += size
-        return noises
-
-    def step_noise(self, size: int, std: float) -> Any:
-        """A flat tensor of `size` N(0, std^2) drawn in the step, or None for Keras's
-        generator per variable."""
-        return None
+        return out
 
     def regularization(self) -> Any:
         """Sum of the weight regularizers (data-independent), or None."""
@@ -266,9 +317,7 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         loss = total if self.loss.sums else total / ops.maximum(count, 1.0)
         if regularization is not None:
             loss = loss + regularization
-        tracker = getattr(self.model, "_loss_tracker", None)
-        if tracker is not None:
-            tracker.update_state(loss, sample_weight=count)
+        self.model._loss_tracker.update_state(loss, sample_weight=count)
         x, y, y_pred, sample_weight = self.real_rows(real, x, y, y_pred, sample_weight)
         return self.model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -285,12 +334,28 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
         """One DP-SGD step on `data = (x, y, sample_weight)`; returns the logs."""
 
     @abc.abstractmethod
-    def prefers_host_noise(self) -> bool:
-        """Whether the host sampler beats the backend's generator (CPU models)."""
+    def on_accelerator(self) -> bool:
+        """Whether the step runs on an accelerator (the device route is then the default)."""
 
     @abc.abstractmethod
-    def host_noise(self, source: HostNoise) -> Any:
-        """A flat tensor holding `source.take()`, taken inside the step."""
+    def can_call_host(self) -> bool:
+        """Whether the step can call the host in the step (False under XLA)."""
+
+    def draws_words_ahead(self) -> bool:
+        """Whether the device route's words are drawn one step ahead in a thread."""
+        return self.on_accelerator()
+
+    @abc.abstractmethod
+    def noised_on_host(self, means: list[Any]) -> list[Any]:
+        """`means` noised by the host route (`take_host(flat)`), inside the step."""
+
+    @abc.abstractmethod
+    def device_words(self) -> Any:
+        """This step's `NoiseWords` words as a tensor on the step's device."""
+
+    word_ops: Any = None  # the backend's namespace for `noise.gaussian_from_words`
+    #: `NoiseWords` buffers: the one in use, the one ready, the one being drawn.
+    device_word_buffers = 3
 
     @abc.abstractmethod
     def batches(self, source: Any) -> Any:

@@ -7,9 +7,44 @@ from collections.abc import Iterator
 
 import keras
 
-from privkeras.errors import PrivacyPolicyError, UnsupportedLayerError, format_received
+from privkeras.errors import (
+    EngineNotAvailableError,
+    PrivacyPolicyError,
+    UnsupportedLayerError,
+    format_received,
+)
 
-__all__ = ["check_batch_size", "check_delta", "check_layers", "check_model_options"]
+__all__ = [
+    "check_batch_size",
+    "check_delta",
+    "check_layers",
+    "check_model_options",
+    "keras_internal",
+]
+
+#: The Keras release whose private attributes DP-SGD was written and tested against.
+TESTED_KERAS = "3.15"
+
+
+def keras_internal(owner: object, name: str, purpose: str):
+    """`owner.<name>`, a private Keras attribute DP-SGD relies on, or a loud refusal.
+
+    A refusal or a metric that depends on a private attribute must not switch
+    itself off when a Keras release renames it: DP-SGD then refuses to run.
+
+    Raises:
+        EngineNotAvailableError: Naming the attribute, what it is for, and the
+            installed and tested Keras versions.
+    """
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise EngineNotAvailableError(
+            f"DP-SGD reads Keras's private attribute {type(owner).__name__}.{name} "
+            f"({purpose}), which Keras {keras.version()} does not have. Expected Keras "
+            f"{TESTED_KERAS}, with which privkeras was tested. Received: keras={keras.version()}"
+        ) from None
+
 
 #: Layer types that mix examples of a batch in training mode, with what to use instead.
 BATCH_COUPLING_LAYERS: dict[type, str] = {
@@ -40,7 +75,7 @@ def check_layers(model: keras.Model) -> None:
                     f"{reason}. (A frozen one, trainable=False, runs in inference mode and "
                     "is accepted.)"
                 )
-        if getattr(layer, "activity_regularizer", None) is not None:
+        if layer.activity_regularizer is not None:
             raise UnsupportedLayerError(
                 f"DP-SGD cannot train layer {layer.name!r} with an activity_regularizer: its "
                 "loss depends on the batch and would bypass per-example clipping. Expected "
@@ -59,7 +94,8 @@ def check_model_options(model: keras.Model) -> None:
         raise PrivacyPolicyError("DP-SGD expected the model to be compiled with an optimizer.")
     # Keras keeps compile's arguments there (get_compile_config would also serialize,
     # and warn about, a lambda loss).
-    compiled = getattr(getattr(model, "_compile_config", None), "config", {}) or {}
+    compile_config = keras_internal(model, "_compile_config", "the arguments of compile")
+    compiled = keras_internal(compile_config, "config", "the arguments of compile") or {}
     loss_weights = compiled.get("loss_weights")
     if loss_weights is not None:
         raise PrivacyPolicyError(
@@ -72,7 +108,7 @@ def check_model_options(model: keras.Model) -> None:
             "DP-SGD computes per-example norms in the compute dtype, where float16 overflows; "
             f"it expected a float32 dtype policy. Received: dtype_policy={policy!r}"
         )
-    steps = getattr(model, "steps_per_execution", 1)
+    steps = model.steps_per_execution
     if steps != 1:
         raise PrivacyPolicyError(
             "DP-SGD accounts for every step between Keras callbacks, so it expected "

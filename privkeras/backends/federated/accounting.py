@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
+from dp_accounting.pld import privacy_loss_mechanism
 
 from privkeras.errors import PrivacyPolicyError, format_received
 
@@ -94,22 +95,51 @@ def _check_delta(delta: float) -> float:
     return float(delta)
 
 
+def _gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    """Exact epsilon of one Gaussian mechanism (Balle and Wang, ICML 2018), by bisection.
+
+    dp-accounting's `GaussianPrivacyLoss.get_delta_for_epsilon` is the exact
+    (epsilon, delta) curve; epsilon is found to a relative 1e-10.
+    """
+    loss = privacy_loss_mechanism.GaussianPrivacyLoss(noise_multiplier)
+    if loss.get_delta_for_epsilon(0.0) <= delta:
+        return 0.0
+    low, high = 0.0, 1.0
+    while loss.get_delta_for_epsilon(high) > delta:
+        low, high = high, 2 * high
+    while high - low > 1e-10 * high:
+        middle = (low + high) / 2
+        low, high = (low, middle) if loss.get_delta_for_epsilon(middle) <= delta else (middle, high)
+    return high
+
+
 def composed_epsilon(
     mechanisms: Sequence[Mechanism], delta: float, interval: float = INTERVAL
 ) -> float:
-    """Epsilon at `delta` of the composition of `mechanisms` (inf if one has no noise)."""
+    """Epsilon at `delta` of the composition of `mechanisms` (inf if one has no noise).
+
+    Without sampling (every rate 1) the composition of Gaussian mechanisms is
+    exactly one Gaussian mechanism of noise `(sum count / sigma^2)^(-1/2)`,
+    whose epsilon is computed exactly; otherwise the PLDs are composed.
+    """
     delta = _check_delta(delta)
     live = [m for m in mechanisms if not m.spends_nothing]
     if not live:
         return 0.0
     if any(m.noise_multiplier == 0 for m in live):
         return math.inf
+    if all(m.sample_rate == 1 for m in live):
+        return _gaussian_epsilon(_combined_noise(live), delta)
     composed = None
     for mechanism in live:
         pld = _one_pld(mechanism.sample_rate, mechanism.noise_multiplier, interval)
         pld = pld.self_compose(mechanism.count) if mechanism.count > 1 else pld
         composed = pld if composed is None else composed.compose(pld)
     return float(composed.get_epsilon_for_delta(delta))
+
+
+def _combined_noise(mechanisms: Sequence[Mechanism]) -> float:
+    return sum(m.count / m.noise_multiplier**2 for m in mechanisms) ** -0.5
 
 
 def epsilon(sample_rate: float, noise_multiplier: float, rounds: int, delta: float) -> float:
@@ -177,8 +207,8 @@ def calibrate_noise(
 class RoundLedger:
     """The running record of sampled Gaussian mechanisms applied to one party's data.
 
-    Composes incrementally, so that epsilon after each round costs one PLD
-    composition rather than a composition from scratch.
+    With sampling, the PLD is composed incrementally (one composition per
+    newly recorded mechanism when epsilon is asked), not from scratch.
 
     Args:
         delta: The delta epsilon is reported at.
@@ -187,8 +217,9 @@ class RoundLedger:
     def __init__(self, delta: float):
         self.delta = _check_delta(delta)
         self._mechanisms: list[Mechanism] = []
+        self._pieces: list[Mechanism] = []  # one per record() call, for incremental composition
         self._composed = None
-        self._infinite = False
+        self._composed_pieces = 0
 
     @property
     def mechanisms(self) -> tuple[Mechanism, ...]:
@@ -203,24 +234,27 @@ class RoundLedger:
         mechanism = Mechanism(sample_rate, noise_multiplier, count)
         if mechanism.spends_nothing:
             return
+        self._pieces.append(mechanism)
         last = self._mechanisms[-1] if self._mechanisms else None
         if last and (last.sample_rate, last.noise_multiplier) == (sample_rate, noise_multiplier):
             self._mechanisms[-1] = dataclasses.replace(last, count=last.count + count)
         else:
             self._mechanisms.append(mechanism)
-        if noise_multiplier == 0:
-            self._infinite = True
-            return
-        pld = _one_pld(sample_rate, noise_multiplier, INTERVAL)
-        pld = pld.self_compose(count) if count > 1 else pld
-        self._composed = pld if self._composed is None else self._composed.compose(pld)
 
     def epsilon(self) -> float:
         """Epsilon of what is recorded (0 before anything, inf if a mechanism had no noise)."""
-        if self._infinite:
-            return math.inf
-        if self._composed is None:
+        live = self._mechanisms
+        if not live:
             return 0.0
+        if any(m.noise_multiplier == 0 for m in live):
+            return math.inf
+        if all(m.sample_rate == 1 for m in live):
+            return _gaussian_epsilon(_combined_noise(live), self.delta)
+        for piece in self._pieces[self._composed_pieces :]:
+            pld = _one_pld(piece.sample_rate, piece.noise_multiplier, INTERVAL)
+            pld = pld.self_compose(piece.count) if piece.count > 1 else pld
+            self._composed = pld if self._composed is None else self._composed.compose(pld)
+        self._composed_pieces = len(self._pieces)
         return float(self._composed.get_epsilon_for_delta(self.delta))
 
     def projected(self, extra: Sequence[Mechanism]) -> float:

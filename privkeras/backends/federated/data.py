@@ -45,14 +45,18 @@ class DataOwner:
 
     Args:
         address: `host:port` the worker listens on.
-        name: What to call the owner in logs and errors (default: the address).
-        credentials: Keyword arguments for the transport (token, TLS files),
-            as `privkeras.net` takes them.
+        name: The worker's `--name` (its certificate's name under mutual TLS);
+            default: the address.
+        credentials: How the coordinator authenticates: `credentials=` a
+            `privkeras.net.Credentials`, or the files `ca=`, `cert=`, `key=`,
+            `token=` / `token_file=` (as `privkeras.net.Credentials.from_files`);
+            `client_name=` names the coordinator (default: its certificate's name).
 
     Example:
 
     ```python
-    alice = pk.DataOwner("127.0.0.1:7001", name="alice", token=token, ca="ca.pem")
+    alice = pk.DataOwner("127.0.0.1:7001", name="alice", ca="certs/ca.pem",
+                         cert="certs/coordinator.pem", key="certs/coordinator.key")
     ```
     """
 
@@ -75,6 +79,8 @@ class DataOwner:
         Raises:
             CapabilityError: When no network transport is installed.
         """
+        if not _REMOTE_TRANSPORT:
+            from privkeras.backends.federated import remote  # noqa: F401  (registers gRPC)
         if not _REMOTE_TRANSPORT:
             raise CapabilityError(
                 "Reaching a worker needs the gRPC transport (privkeras.net), which is not "

@@ -254,7 +254,7 @@ class HEEngine(Engine):
         )
 
     def report(self) -> dict[str, Any]:
-        """Policy, chosen parameters and depth, and the timings of the last run."""
+        """Policy, chosen parameters and depth, the pool if started, the last run's timings."""
         report = super().report()
         if self._server is not None:
             report.update(
@@ -263,6 +263,8 @@ class HEEngine(Engine):
                     "depth": self._server.depth,
                 }
             )
+        if self._pool is not None and self._pool.started:
+            report["pool"] = self._pool.describe()
         return {**report, "last_run": dict(self.last_run)}
 
 

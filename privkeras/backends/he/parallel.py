@@ -6,9 +6,12 @@ one of two executors, chosen by measuring rather than assuming:
 
 - **threads**, when the SEAL bindings release the GIL during evaluation:
   no copies, no start-up;
-- **processes** (`worker.py`), when they do not: each worker holds the
-  public context and the packed program, receives a group's ciphertexts in
-  SEAL's format over a pipe and answers with the outputs.
+- **processes** (`worker.py`), when they do not: `workers - 1` worker
+  processes, each holding the public context and the packed program,
+  receive a group's ciphertexts in SEAL's format over a pipe and answer
+  with the outputs; the calling process is the last worker, evaluating a
+  group itself whenever every worker is busy (on two cores, one worker and
+  the caller: no third process competing for them).
 
 `measure_thread_speedup` runs the same rotations on one thread and on `n`
 threads; the pool picks threads only when they scale (at least 0.75 n).
@@ -23,7 +26,7 @@ Example:
 pool = EvaluationPool()                       # every core; starts on first use
 server = HEServer(model, pool=pool)
 outputs = list(server.evaluate_many(batches, public))
-pool.describe()   # {'executor': 'processes', 'workers': 2, 'thread_speedup': 0.93, ...}
+pool.describe()   # {'executor': 'processes', 'workers': 2, 'processes': 1, ...}
 pool.close()
 ```
 
@@ -125,7 +128,8 @@ class EvaluationPool:
     """Evaluates independent ciphertext groups on every core (see the module docstring).
 
     Args:
-        workers: Concurrent evaluations; None for every available core.
+        workers: Concurrent evaluations, the calling process included; None
+            for every available core.
         executor: `"auto"` (measure, then threads or processes), `"threads"`
             or `"processes"`.
         timeout: Seconds a worker may take for one group before it is
@@ -172,7 +176,7 @@ class EvaluationPool:
             self._backend = (
                 _Threads(self.workers)
                 if executor == "threads"
-                else _Processes(self.workers, self.timeout)
+                else _Processes(self.workers - 1, self.timeout)  # the caller is the last
             )
             self.executor = executor
             self.start_seconds = time.perf_counter() - begin
@@ -192,9 +196,11 @@ class EvaluationPool:
 
     def describe(self) -> dict[str, Any]:
         """Executor, worker count and what was measured to choose it."""
+        processes = {"threads": 0, "processes": self.workers - 1}.get(self.executor)
         return {
             "executor": self.executor,
             "workers": self.workers,
+            "processes": processes,
             "thread_speedup": self.thread_speedup,
             "start_seconds": self.start_seconds,
         }
@@ -372,55 +378,73 @@ class _Processes:
         return program_id, context_id
 
     def map(self, program: Any, context: Any, groups: Iterable[Any]) -> Iterator[list[Any]]:
-        import tenseal.sealapi as sealapi
-
+        """Sends groups to idle workers; evaluates one itself whenever all are busy."""
         self.broken = True  # until every worker is known to be idle again
         ids = {w.index: self._prepare(w, program, context) for w in self.workers}
         self.broken = False
         idle = list(self.workers)
         busy: dict[int, tuple[_WorkerProcess, float]] = {}  # group -> worker, deadline
-        done: dict[int, list[bytes]] = {}
+        done: dict[int, list[Any]] = {}
         source, submitted, next_out = iter(groups), 0, 0
         try:
             while True:
-                while idle and (batch := next(source, None)) is not None:
-                    worker = idle.pop(0)
-                    program_id, context_id = ids[worker.index]
-                    blobs = batch.serialized or [seal_to_bytes(c) for c in batch.ciphertexts]
-                    header = {"program": program_id, "context": context_id}
-                    deadline = time.monotonic() + self.timeout
-                    busy[submitted] = (worker, deadline)
-                    worker.send(pack_message("worker-evaluate", header, blobs), deadline)
-                    submitted += 1
+                batch = next(source, None)
+                if batch is not None and idle:
+                    self._send(idle.pop(0), ids, batch, submitted, busy)
+                elif batch is not None:  # every worker busy: this process takes the group
+                    done[submitted] = program.apply(context.ops(), batch.ciphertexts)
+                submitted += batch is not None
+                done.update(self._answers(busy, idle, context, wait=batch is None))
                 while next_out in done:
-                    blobs = done.pop(next_out)
                     next_out += 1
-                    ctx = context.seal_context
-                    yield [seal_from_bytes(sealapi.Ciphertext, ctx, b) for b in blobs]
-                if not busy:  # nothing in flight, and the source is exhausted
+                    yield done.pop(next_out - 1)
+                if batch is None and not busy:
                     return
-                self._collect(busy, done, idle)
         except PartyError:
             self.broken = True
             raise
         finally:
             self.broken = self.broken or bool(busy)  # abandoned with answers in flight
 
+    def _send(self, worker: _WorkerProcess, ids: dict, batch: Any, group: int, busy: dict) -> None:
+        program_id, context_id = ids[worker.index]
+        blobs = batch.serialized or [seal_to_bytes(c) for c in batch.ciphertexts]
+        header = {"program": program_id, "context": context_id}
+        deadline = time.monotonic() + self.timeout
+        busy[group] = (worker, deadline)
+        worker.send(pack_message("worker-evaluate", header, blobs), deadline)
+
+    def _answers(self, busy: dict, idle: list, context: Any, wait: bool) -> dict[int, list[Any]]:
+        """Output ciphertexts of the groups answered (waiting for one if `wait`)."""
+        import tenseal.sealapi as sealapi
+
+        if not busy:
+            return {}
+        answers = self._collect(busy, idle, timeout=None if wait else 0.0)
+        seal_context = context.seal_context
+        return {
+            group: [seal_from_bytes(sealapi.Ciphertext, seal_context, b) for b in blobs]
+            for group, blobs in answers.items()
+        }
+
     @staticmethod
-    def _collect(busy: dict, done: dict, idle: list) -> None:
-        """Reads the first answer (or fails at the first deadline) among the busy workers."""
+    def _collect(busy: dict, idle: list, timeout: float | None) -> dict[int, list[bytes]]:
+        """Reads the answers ready within `timeout` (None: the first deadline) among busy workers."""
+        first_deadline = min(d for _, d in busy.values())
+        wait = max(0.0, first_deadline - time.monotonic()) if timeout is None else timeout
         with selectors.DefaultSelector() as selector:
             for group, (worker, _) in busy.items():
                 selector.register(worker.output, selectors.EVENT_READ, group)
-            first_deadline = min(d for _, d in busy.values())
-            events = selector.select(max(0.0, first_deadline - time.monotonic()))
-        if not events:
+            events = selector.select(wait)
+        if not events and time.monotonic() >= first_deadline:
             worker = min(busy.values(), key=lambda item: item[1])[0]
             raise worker.dead(f"no answer within {worker.timeout:g} s (it is still computing)")
+        answers = {}
         for key, _ in events:
             worker, deadline = busy.pop(key.data)
-            done[key.data] = worker.receive("worker-result", deadline)
+            answers[key.data] = worker.receive("worker-result", deadline)
             idle.append(worker)
+        return answers
 
 
 def _context_id(context: Any) -> str:

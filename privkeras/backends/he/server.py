@@ -203,6 +203,7 @@ class HEServer:
         if second is None or getattr(self.pool, "workers", 1) <= 1:
             rest = () if second is None else itertools.chain((second,), source)
             for batch in itertools.chain((first,), rest):
+                self._same_spec(first, batch)
                 yield self.evaluate(batch, context)
             return
         sent: collections.deque[EncryptedBatch] = collections.deque()

@@ -767,7 +767,8 @@ class SharedBit:
                     f"Received: {type(tensor).__name__}"
                     + ("" if not isinstance(tensor, SharedTensor) else " of another runtime")
                 )
-            _check_operand_shapes("mul", self.shape, tensor.shape, {})
+            if tensor.shape != self.shape:
+                _check_operand_shapes("mul", self.shape, tensor.shape, {})
         products, arith, masks = self.runtime.protocol.multiply_by_bit(
             self.shares, [t.shares for t in tensors], [t._mask for t in tensors], with_bit=with_bit
         )

@@ -10,7 +10,12 @@ from privkeras.backends.registry import register_engine
 
 @register_engine
 class PlaintextEngine(Engine):
-    """Runs `fit`, `predict` and `evaluate` exactly as `keras.Sequential` does."""
+    """Runs every Keras entry point exactly as `keras.Sequential` does.
+
+    `fit`, `predict`, `evaluate`, the `*_on_batch` calls and Keras's steps
+    (also when called directly) are Keras's own, on the model's plaintext
+    weights.
+    """
 
     name = "plaintext"
     policy_kind = None
@@ -24,3 +29,21 @@ class PlaintextEngine(Engine):
 
     def evaluate(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         return model.keras_evaluate(*args, **kwargs)
+
+    def train_on_batch(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        return model.keras_train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        return model.keras_test_on_batch(*args, **kwargs)
+
+    def predict_on_batch(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        return model.keras_predict_on_batch(*args, **kwargs)
+
+    def train_step(self, model: Any, *data: Any) -> Any:
+        return model.keras_train_step(*data)
+
+    def test_step(self, model: Any, *data: Any) -> Any:
+        return model.keras_test_step(*data)
+
+    def predict_step(self, model: Any, *data: Any) -> Any:
+        return model.keras_predict_step(*data)

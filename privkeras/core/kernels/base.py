@@ -24,7 +24,14 @@ from privkeras.core.kernels.limbs import (
     prepare_limb_operand,
 )
 from privkeras.core.kernels.prepared import PreparedOperands
-from privkeras.core.kernels.routes import PROBE_VOLUME, RouteChoice, RouteTable, shape_class
+from privkeras.core.kernels.routes import (
+    MIN_TIMED_VOLUME,
+    PROBE_VOLUME,
+    RouteChoice,
+    RouteTable,
+    forced_route,
+    shape_class,
+)
 
 __all__ = [
     "MATMUL_METHODS",
@@ -210,7 +217,9 @@ class RingKernels(abc.ABC):
         Raises:
             ValueError: If the shapes do not multiply.
         """
-        matmul_shape(self.shape(a), self.shape(b))
+        out_shape = matmul_shape(self.shape(a), self.shape(b))
+        if 0 in out_shape or self.shape(a)[-1] == 0:  # nothing to multiply: no route to time
+            return self.zeros(out_shape)
         route = self.matmul_route(a, b)
         self.prepared.note(a)
         self.prepared.note(b)
@@ -235,7 +244,6 @@ class RingKernels(abc.ABC):
             "matmul",
             *self._context_key(a, b),
             *shape_class(batch, a_shape[-2], a_shape[-1], b_shape[-1]),
-            self._is_reused(a, "left"),
             self._is_reused(b, "right"),
         )
         names = self.matmul_candidates(a, b)
@@ -245,6 +253,7 @@ class RingKernels(abc.ABC):
             lambda: {name: self._matmul_probe(name, a, b) for name in names},
             self._static_matmul_route(a, b),
             (a, b),
+            matmul_volume(a_shape, b_shape),
         )
 
     def matmul_candidates(self, a: Tensor, b: Tensor) -> list[str]:
@@ -289,11 +298,14 @@ class RingKernels(abc.ABC):
         return self._kept(
             owner,
             ("limbs", side, chunk, self.shape(tensor)),
-            lambda: self._split_for_limbs(tensor, side, chunk),
+            lambda transient: self._split_for_limbs(tensor, side, chunk, transient),
         )
 
-    def _split_for_limbs(self, tensor: Tensor, side: str, chunk: int):
-        """`limbs.prepare_limb_operand` (libraries override it with a fused version)."""
+    def _split_for_limbs(self, tensor: Tensor, side: str, chunk: int, transient: bool = False):
+        """`limbs.prepare_limb_operand` (libraries override it with a fused version).
+
+        `transient` splits are dropped after the call, so they may live in scratch buffers.
+        """
         return prepare_limb_operand(self, tensor, side, chunk)
 
     def _matmul_limbs(self, a, b, chunk: int = KARATSUBA_MAX_DEPTH, b_owner=None):
@@ -364,7 +376,17 @@ class RingKernels(abc.ABC):
             keep = self.prepared.is_reused(owner)
         return self.prepared.get(owner, key, make, keep=keep)
 
-    def _choose(self, key, names, make_candidates, static: str, tensors) -> RouteChoice:
+    def _choose(self, key, names, make_candidates, static: str, tensors, volume) -> RouteChoice:
+        if volume < MIN_TIMED_VOLUME and static in names and forced_route() is None:
+            known = self.routes.lookup(key)  # a larger product of this class was timed
+            if known is not None:
+                return known.cached()
+            return RouteChoice(
+                static,
+                "static",
+                f"below {MIN_TIMED_VOLUME} multiply-adds: timing costs more than a route saves",
+                shape_class=key,
+            )
         if not self._can_time(*tensors):
             known = self.routes.lookup(key)
             if known is not None:
@@ -374,7 +396,11 @@ class RingKernels(abc.ABC):
         def timed_candidates():
             return {name: self._timed_run(fn) for name, fn in make_candidates().items()}
 
-        return self.routes.choose(key, timed_candidates, static, names)
+        choice = self.routes.choose(key, timed_candidates, static, names)
+        if choice.source == "measured":  # splits made while timing routes that lost go
+            for tensor in tensors:
+                self.prepared.discard(tensor, lambda k: k[0] == str(choice))
+        return choice
 
     def _timed_run(self, fn):
         def run():
@@ -573,16 +599,20 @@ class RingKernels(abc.ABC):
             self._is_reused(kernel, "right"),
         )
         names = self.conv2d_candidates(x, kernel)
+        kh, kw, c_in, c_out = self.shape(kernel)
+        volume = n * h * w * kh * kw * c_in * c_out // (strides[0] * strides[1])
 
-        def candidates():
+        def candidates():  # the routes differ in the GEMM only: patches are made once
+            patches = self.extract_patches(x, (kh, kw), strides, padding)
+            cols = self.reshape(patches, (-1, kh * kw * c_in))
+            weights = self.reshape(kernel, (kh * kw * c_in, c_out))
+            routes = self._matmul_routes()
             return {
-                name: (lambda name=name: self._conv2d_by(name, x, kernel, strides, padding))
-                for name in names
+                name: (lambda fn=routes[name]: fn(cols, weights, b_owner=kernel)) for name in names
             }
 
-        return self._choose(
-            key, names, candidates, self._static_conv2d_route(x, kernel), (x, kernel)
-        )
+        static = self._static_conv2d_route(x, kernel)
+        return self._choose(key, names, candidates, static, (x, kernel), volume)
 
     def conv2d_candidates(self, x: Tensor, kernel: Tensor) -> list[str]:
         """The routes "auto" chooses among for a convolution: the GEMM routes of im2col."""

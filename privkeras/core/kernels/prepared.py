@@ -116,6 +116,15 @@ class PreparedOperands:
                 entry.pinned or entry.values or entry.seen or entry.sightings > 0
             )
 
+    def discard(self, tensor: Any, keep: Callable[[Hashable], bool]) -> None:
+        """Drops the kept values of `tensor` whose key `keep` rejects (splits of routes not taken)."""
+        with self._lock:
+            entry = self._live_entry(tensor)
+            if entry is None:
+                return
+            for key in [k for k in entry.values if not keep(k)]:
+                self._bytes -= self._nbytes_of(entry.values.pop(key))
+
     def lookup(self, tensor: Any, key: Hashable) -> Any | None:
         """The kept value of (`tensor`, `key`) if `tensor` is unchanged since, else None."""
         with self._lock:
@@ -126,14 +135,20 @@ class PreparedOperands:
             return entry.values[key]
 
     def get(
-        self, tensor: Any, key: Hashable, make: Callable[[], Any], *, keep: bool | None = None
+        self,
+        tensor: Any,
+        key: Hashable,
+        make: Callable[[bool], Any],
+        *,
+        keep: bool | None = None,
     ) -> Any:
-        """The value of (`tensor`, `key`): kept, or made by `make()` (and kept if seen before).
+        """The value of (`tensor`, `key`): kept, or made by `make(transient)` (and kept if seen before).
 
         Args:
             tensor: The operand the value belongs to (its identity is the key).
             key: What the value is (for example the side and depth chunk).
-            make: Computes the value.
+            make: Computes the value; its argument says whether the value
+                will be dropped after the call (so it may live in scratch buffers).
             keep: True keeps it on first sight (`prepare`), False never keeps
                 (timing), None keeps it from the second sighting on.
         """
@@ -142,27 +157,27 @@ class PreparedOperands:
             self.hits += 1
             return kept
         self.misses += 1
-        value = make()
-        if keep is False:
-            return value
-        version = self._version_of(tensor)
+        version = None if keep is False else self._version_of(tensor)
         if version is None:
-            return value
+            return make(True)
         with self._lock:
-            entry = self._live_entry(tensor)
+            entry = self._live_entry(tensor) or self._new_entry(tensor, version)
             if entry is None:
-                entry = self._new_entry(tensor, version)
-                if entry is None:
-                    return value
-            if keep or entry.pinned or entry.sightings > 1 or key in entry.seen:
-                old = entry.values.get(key)
-                if old is not None:
-                    self._bytes -= self._nbytes_of(old)
-                entry.values[key] = value
-                self._bytes += self._nbytes_of(value)
-                self._evict()
-            else:
+                return make(True)
+            will_keep = bool(keep or entry.pinned or entry.sightings > 1 or key in entry.seen)
+            if not will_keep:
                 entry.seen.add(key)
+        value = make(not will_keep)
+        if will_keep:
+            with self._lock:
+                entry = self._live_entry(tensor)
+                if entry is not None:
+                    old = entry.values.get(key)
+                    if old is not None:
+                        self._bytes -= self._nbytes_of(old)
+                    entry.values[key] = value
+                    self._bytes += self._nbytes_of(value)
+                    self._evict()
         return value
 
     def _live_entry(self, tensor: Any) -> _Entry | None:

@@ -26,11 +26,12 @@ Environment:
         `$XDG_CACHE_HOME/privkeras/routes`, else `~/.cache/privkeras/routes`).
 
 Measurement costs a few milliseconds per shape class: each candidate runs
-once to warm up and once timed (a candidate more than `ELIMINATION_FACTOR`
-times slower than the best timed run is dropped), then the survivors run `TIMED_ROUNDS` interleaved
-rounds and the lowest median wins. Large products are timed on a slice of
-their rows (`PROBE_VOLUME` multiply-adds) since every route's cost grows
-linearly with the rows.
+once to warm up (one `WARMUP_ELIMINATION_FACTOR` times slower than the best
+is dropped) and once timed (`ELIMINATION_FACTOR`), then the survivors run up
+to `TIMED_ROUNDS` interleaved rounds, within `DECISION_BUDGET_S`, and the
+lowest median wins. Large products are timed on a slice of their rows
+(`PROBE_VOLUME` multiply-adds) since every route's cost grows linearly with
+the rows; products below `MIN_TIMED_VOLUME` are not timed at all.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DECISION_BUDGET_S",
     "ELIMINATION_FACTOR",
+    "MIN_TIMED_VOLUME",
     "PROBE_VOLUME",
     "ROUTE_CACHE_MODES",
     "TIMED_ROUNDS",
@@ -61,14 +64,19 @@ __all__ = [
     "shape_class",
 ]
 
-#: A candidate whose first run is this many times slower than the best first run is dropped.
-ELIMINATION_FACTOR = 3.0
+#: A candidate whose first timed run is this many times slower than the best one is dropped.
+ELIMINATION_FACTOR = 2.0
 #: A candidate whose warm-up run is this many times slower than the best warm-up is dropped.
-WARMUP_ELIMINATION_FACTOR = 10.0
+WARMUP_ELIMINATION_FACTOR = 4.0
 #: Interleaved timed rounds per surviving candidate (the median is compared).
 TIMED_ROUNDS = 3
 #: Products with more multiply-adds than this are timed on a slice of their rows.
 PROBE_VOLUME = 2**23
+#: Products with fewer multiply-adds are not timed (a few microseconds either way):
+#: they take the library's static route.
+MIN_TIMED_VOLUME = 2**16
+#: Seconds one decision may spend timing: past it, the fastest so far wins.
+DECISION_BUDGET_S = 0.05
 #: Values of PRIVKERAS_ROUTE_CACHE.
 ROUTE_CACHE_MODES = ("memory", "disk", "off")
 
@@ -301,6 +309,8 @@ class RouteTable:
             best_first = min(first.values())
             alive = [n for n, s in first.items() if s <= ELIMINATION_FACTOR * best_first]
         for _ in range(TIMED_ROUNDS - 1 if len(alive) > 1 else 0):
+            if time.perf_counter() - start > DECISION_BUDGET_S:
+                break
             for name in alive:
                 samples[name].append(self._run(candidates[name]))
         medians = {n: 1e3 * _median(s) for n, s in samples.items()}

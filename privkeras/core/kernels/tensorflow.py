@@ -114,9 +114,13 @@ class TensorFlowKernels(RingKernels):
             return _from_torch(out)
         return super().conv2d(x, kernel, strides, padding)
 
-    def _split_for_limbs(self, tensor, side, chunk):
-        """The split as one graph per (shape, side, chunk): about twenty ops in one call."""
-        if not tf.executing_eagerly():
+    def _split_for_limbs(self, tensor, side, chunk, transient=False):
+        """The split as one graph per (shape, side, chunk): about twenty ops in one call.
+
+        Timing runs ("auto" deciding) stay eager: tracing a graph per candidate
+        shape would cost more than the decision it serves.
+        """
+        if not tf.executing_eagerly() or getattr(self._timing, "on", False):
             return prepare_limb_operand(self, tensor, side, chunk)
         shape = tuple(int(s) for s in tensor.shape)
         graph = self._graph(
@@ -129,7 +133,7 @@ class TensorFlowKernels(RingKernels):
 
     def _limb_product(self, left, right, chunk):
         """`limbs.limb_matmul` as one graph per shape: two GEMMs and the ring recombination."""
-        if not tf.executing_eagerly():
+        if not tf.executing_eagerly() or getattr(self._timing, "on", False):
             return limb_matmul(self, left, right, chunk)
         tensors = (*_limb_tensors(left), *_limb_tensors(right))
         specs = [[tf.TensorSpec(t.shape, t.dtype) for t in group] for group in tensors]

@@ -16,45 +16,97 @@ from typing import Any
 import numpy as np
 import torch
 
-from privkeras.core.kernels.base import RingKernels, as_ring_numpy
+from privkeras.core.kernels.base import RingKernels, as_ring_numpy, matmul_shape
+from privkeras.core.kernels.bytes import byte_matmul, prepare_byte_operand
 from privkeras.core.kernels.limbs import LimbOperand, check_exact_depth, depth_chunks
+from privkeras.core.kernels.scratch import Scratch
 
 __all__ = ["TorchKernels"]
 
 
-def split_for_limbs(a: torch.Tensor, side: str, chunk: int) -> LimbOperand:
-    """`limbs.prepare_limb_operand` with in-place torch ops (nine integer passes)."""
+_SCRATCH = Scratch()
+
+
+def _buffer(role: str, shape, dtype, device, transient: bool) -> torch.Tensor:
+    """A scratch tensor of this thread (transient values) or a fresh one (kept or returned)."""
+    shape = tuple(shape)
+    if not transient:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return _SCRATCH.get(
+        role,
+        lambda t: tuple(t.shape) == shape and t.dtype == dtype and t.device == device,
+        lambda: torch.empty(shape, dtype=dtype, device=device),
+    )
+
+
+def split_for_limbs(a: torch.Tensor, side: str, chunk: int, transient: bool = False) -> LimbOperand:
+    """`limbs.prepare_limb_operand` with in-place torch ops (nine integer passes).
+
+    `transient` splits (dropped after the call) are written into this
+    thread's scratch buffers, which a fresh split of the same role reuses.
+    """
     check_exact_depth(chunk)
-    a0 = torch.bitwise_left_shift(a, 42)
+    role = f"limbs/{side}/"
+    a0 = _buffer(role + "a0", a.shape, torch.int64, a.device, True)
+    a1 = _buffer(role + "a1", a.shape, torch.int64, a.device, True)
+    rest = _buffer(role + "a2", a.shape, torch.int64, a.device, True)
+    torch.bitwise_left_shift(a, 42, out=a0)
     a0.bitwise_right_shift_(42)
-    rest = torch.sub(a, a0)
+    torch.sub(a, a0, out=rest)
     rest.bitwise_right_shift_(22)
-    a1 = torch.bitwise_left_shift(rest, 43)
+    torch.bitwise_left_shift(rest, 43, out=a1)
     a1.bitwise_right_shift_(43)
     rest.sub_(a1)
     rest.bitwise_left_shift_(22)
     rest.bitwise_right_shift_(43)  # a2
     depth_axis = a.dim() - 1 if side == "left" else a.dim() - 2
     batched, paired = [], []
-    for cut in depth_chunks(a.shape[depth_axis], chunk):
+    for number, cut in enumerate(depth_chunks(a.shape[depth_axis], chunk)):
         index = (Ellipsis, cut) if side == "left" else (Ellipsis, cut, slice(None))
         c0, c1, c2 = a0[index], a1[index], rest[index]
-        stack = torch.empty((3, *c0.shape), dtype=torch.float64, device=a.device)
+        stack = _buffer(f"{role}stack{number}", (3, *c0.shape), torch.float64, a.device, transient)
         stack[0].copy_(c0)
         stack[1].copy_(c1)
         torch.add(stack[0], stack[1], out=stack[2])
         pair_shape = list(c0.shape)
         pair_shape[depth_axis] *= 2
-        pair = torch.empty(pair_shape, dtype=torch.float64, device=a.device)
+        pair = _buffer(f"{role}pair{number}", pair_shape, torch.float64, a.device, transient)
         width = c0.shape[depth_axis]
         first, second = pair.narrow(depth_axis, 0, width), pair.narrow(depth_axis, width, width)
-        (first.copy_(stack[0]), second.copy_(c2)) if side == "left" else (
-            first.copy_(c2),
-            second.copy_(stack[0]),
-        )
+        first.copy_(stack[0] if side == "left" else c2)
+        second.copy_(c2 if side == "left" else stack[0])
         batched.append(stack)
         paired.append(pair)
     return LimbOperand(side, tuple(a.shape), chunk, tuple(batched), tuple(paired))
+
+
+def limb_product(left: LimbOperand, right: LimbOperand) -> torch.Tensor:
+    """`limbs.limb_matmul` of split operands with GEMM outputs in scratch buffers."""
+    total = None
+    for lb, lp, rb, rp in zip(left.batched, left.paired, right.batched, right.paired):
+        lr, rr = lb.dim(), rb.dim()
+        if lr < rr:
+            lb = lb.reshape(lb.shape[0], *([1] * (rr - lr)), *lb.shape[1:])
+        elif rr < lr:
+            rb = rb.reshape(rb.shape[0], *([1] * (lr - rr)), *rb.shape[1:])
+        batch = torch.broadcast_shapes(lb.shape[:-2], rb.shape[:-2])
+        m, n = lb.shape[-2], rb.shape[-1]
+        device = lb.device
+        floats = _buffer("limbs/products", (*batch, m, n), torch.float64, device, True)
+        torch.matmul(lb, rb, out=floats)
+        pair_floats = _buffer("limbs/t43", floats.shape[1:], torch.float64, device, True)
+        torch.matmul(lp, rp, out=pair_floats)
+        ints = _buffer("limbs/ints", floats.shape, torch.int64, device, True)
+        ints.copy_(floats)
+        t43 = _buffer("limbs/t43ints", pair_floats.shape, torch.int64, device, True)
+        t43.copy_(pair_floats)
+        t0, t11, t22 = ints[0], ints[1], ints[2]
+        t22.sub_(t0).sub_(t11)  # Karatsuba: K - A0B0 - A1B1
+        t43.add_(t11).add_(t11).bitwise_left_shift_(43)
+        out = torch.bitwise_left_shift(t22, 22)
+        out.add_(t0).add_(t43)
+        total = out if total is None else total.add_(out)
+    return total
 
 
 class TorchKernels(RingKernels):
@@ -63,8 +115,10 @@ class TorchKernels(RingKernels):
     Args:
         device: Where `from_numpy` puts new tensors (`"cpu"` by default).
             Operations keep their operands' device.
-        matmul_method: "auto" (native int64 on CPU, limbs on CUDA), "native"
-            or "limbs".
+        matmul_method: "auto" (the fastest of the routes below, timed per
+            shape class on this machine), "native" (int64 matmul, CPU only),
+            "limbs" (float64 GEMMs, `limbs.py`) or "bytes" (int8 GEMMs,
+            `bytes.py`, the tensor-core route; right operands of two axes).
     """
 
     name = "torch"
@@ -102,9 +156,47 @@ class TorchKernels(RingKernels):
         return torch.mul(a, b)
 
     def matmul_candidates(self, a, b) -> list[str]:
+        extra = ["bytes"] if b.dim() == 2 and hasattr(torch, "_int_mm") else []
         if a.device.type != "cpu" or b.device.type != "cpu":
-            return ["limbs"]  # torch has no int64 matmul on CUDA
-        return ["native", "limbs"]
+            return ["limbs", *extra]  # torch has no int64 matmul on CUDA
+        return ["native", "limbs", *extra]
+
+    def _matmul_routes(self) -> dict[str, Any]:
+        byte_route = {"bytes": lambda a, b, b_owner=None: self.matmul_bytes(a, b, b_owner)}
+        return {**super()._matmul_routes(), **byte_route}
+
+    def matmul_bytes(self, a, b, b_owner=None):
+        """`a @ b` mod 2^64 from int8 GEMMs on bytes (see `bytes.py`): the tensor-core route.
+
+        Runs on CPU too (`torch._int_mm`), so that tests check its arithmetic
+        where no GPU is. Splits of reused operands are kept, as for limbs.
+        """
+        out_shape = matmul_shape(a.shape, b.shape)
+        if 0 in out_shape or a.shape[-1] == 0:
+            return torch.zeros(out_shape, dtype=torch.int64, device=a.device)
+        if b.dim() > 2:  # broadcast batches of right operands: one product per batch entry
+            a, b = (
+                torch.broadcast_to(a, (*out_shape[:-2], *a.shape[-2:])),
+                torch.broadcast_to(b, (*out_shape[:-2], *b.shape[-2:])),
+            )
+            parts = [
+                self.matmul_bytes(x, y)
+                for x, y in zip(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+            ]
+            return torch.stack(parts).reshape(out_shape)
+        flat = a.reshape(-1, a.shape[-1])
+        left = self._kept(
+            a,
+            ("bytes", "left", tuple(a.shape)),
+            lambda transient: prepare_byte_operand(flat, "left"),
+        )
+        owner = b if b_owner is None else b_owner
+        right = self._kept(
+            owner,
+            ("bytes", "right", tuple(b.shape)),
+            lambda transient: prepare_byte_operand(b, "right"),
+        )
+        return byte_matmul(left, right).reshape(out_shape)
 
     def _static_matmul_route(self, a, b) -> str:
         return "native" if a.device.type == "cpu" else "limbs"
@@ -115,8 +207,11 @@ class TorchKernels(RingKernels):
     def _library_version(self) -> str:
         return torch.__version__
 
-    def _split_for_limbs(self, tensor, side, chunk):
-        return split_for_limbs(tensor, side, chunk)
+    def _split_for_limbs(self, tensor, side, chunk, transient=False):
+        return split_for_limbs(tensor, side, chunk, transient)
+
+    def _limb_product(self, left, right, chunk):
+        return limb_product(left, right)
 
     def _synchronize(self) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -95,3 +95,46 @@ def test_bad_arguments_name_what_was_expected(call, message):
 
 def test_steps_for_epochs():
     assert dpsgd.steps_for_epochs(60, 60000, 256) == 60 * 235
+
+
+def test_accountants_live_in_a_core_registry():
+    from privkeras.backends.dpsgd import accountant
+    from privkeras.core.registry import Registry
+    from privkeras.errors import RegistrationError
+
+    assert isinstance(accountant.ACCOUNTANTS, Registry)
+    assert dpsgd.available_accountants() == ["pld", "rdp"]
+
+    class Other(accountant.RDPAccountant):
+        name = "rdp"
+
+    with pytest.raises(RegistrationError, match="replace=True"):
+        accountant.register_accountant(Other)
+    with pytest.raises(PrivacyPolicyError, match=r"one of \['pld', 'rdp'\]. Received"):
+        accountant.get_accountant("gdp")
+    assert isinstance(accountant.get_accountant("rdp"), accountant.RDPAccountant)
+
+
+def test_running_epsilon_composes_only_what_was_added():
+    """The progress value: an upper bound within 0.01 of the exact epsilon, composed chunk by
+    chunk, equal (to discretization noise) to composing everything at once."""
+    ledger = PrivacyLedger(delta=1e-5, accountant="pld")
+    ledger.plan(90, Segment(0.03, 1.1, 30))
+    values = []
+    for _ in range(3):  # epochs
+        ledger.record(0.03, 1.1, 30)
+        values.append(ledger.running())
+    ledger.record(0.05, 1.5, 10)  # a new segment (another fit)
+    values.append(ledger.running())
+    assert values == sorted(values)
+    exact = ledger.epsilon()
+    assert exact <= values[-1] <= exact + 0.01
+    fresh = PrivacyLedger(delta=1e-5, accountant="pld")
+    for segment in ledger.segments:
+        fresh.record(segment.sample_rate, segment.noise_multiplier, segment.steps)
+    fresh.plan(0)
+    fresh._running = type(ledger._running)(1e-5, ledger._running.interval)
+    assert fresh.running() == pytest.approx(values[-1], rel=1e-6)
+    rdp = PrivacyLedger(delta=1e-5, accountant="rdp")
+    rdp.record(0.03, 1.1, 90)
+    assert rdp.running() == rdp.epsilon()  # RDP composes exactly, by addition

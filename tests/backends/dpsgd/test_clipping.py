@@ -127,3 +127,19 @@ def test_rules_are_registered_by_exact_type_and_refuse_duplicates():
     with pytest.raises(Exception, match="already registered"):
         clipping.register_clipping_rule(keras.layers.Dense)(clipping.PerExampleFallbackRule)
     assert clipping.registered_rules()["Conv2D"] == "book-keeping"
+
+
+def test_rules_live_in_a_core_registry():
+    from privkeras.core.registry import Registry
+    from privkeras.errors import RegistrationError
+
+    assert isinstance(clipping.RULES, Registry)
+    dense_rule = clipping.RULES.get(keras.layers.Dense)
+    with pytest.raises(RegistrationError, match="replace=True"):
+        clipping.register_clipping_rule(keras.layers.Dense)(clipping.DenseRule)
+    try:
+        clipping.register_clipping_rule(keras.layers.Dense, replace=True)(clipping.DenseRule)
+        assert clipping.RULES.get(keras.layers.Dense) is not dense_rule
+    finally:
+        clipping.RULES.register(keras.layers.Dense, dense_rule, replace=True)
+    assert set(clipping.registered_rules()) == {"Conv2D", "Dense", "Embedding"}

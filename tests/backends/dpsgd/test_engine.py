@@ -11,9 +11,12 @@ from keras import ops
 import privkeras as pk
 from privkeras import dpsgd
 from privkeras.backends.dpsgd import DPSGDEngine
+from privkeras.backends.dpsgd.noise import DEVICE_WORDS_PER_PAIR
 from privkeras.core.random import SecureStream
 from privkeras.errors import (
     CapabilityError,
+    EngineNotAvailableError,
+    InvalidInputError,
     PrivacyBudgetExceededError,
     PrivacyPolicyError,
     UnsupportedLayerError,
@@ -160,34 +163,39 @@ def test_noise_has_the_stated_scale():
 
 
 @pytest.mark.multi_backend
-@pytest.mark.parametrize("secure", [True, False])
-def test_noise_and_sampling_come_from_the_secure_stream(data, monkeypatch, secure):
+@pytest.mark.parametrize(("secure", "route"), [(True, None), (False, None), (False, "device")])
+def test_noise_and_sampling_come_from_the_secure_stream(data, monkeypatch, secure, route):
     """Noise and Poisson draws read AES-CTR keystream from a `SecureStream` keyed from
-    os.urandom, with or without secure_noise (a CPU model)."""
+    os.urandom: the host route (a CPU model, with or without secure_noise) and the device
+    route (forced here on CPU) alike."""
     x, y = data
-    reads, uniforms = [], []
-    original_bytes, original_uniform = SecureStream.random_bytes, SecureStream.uniform
+    fills, uniforms = [], []
+    original_fill, original_uniform = SecureStream.fill, SecureStream.uniform
 
-    def recording_bytes(self, n):
-        reads.append((self.seeded, n))
-        return original_bytes(self, n)
+    def recording_fill(self, out):
+        fills.append((self.seeded, out.nbytes))
+        return original_fill(self, out)
 
     def recording_uniform(self, shape):
         uniforms.append((self.seeded, shape))
         return original_uniform(self, shape)
 
-    monkeypatch.setattr(SecureStream, "random_bytes", recording_bytes)
+    monkeypatch.setattr(SecureStream, "fill", recording_fill)
     monkeypatch.setattr(SecureStream, "uniform", recording_uniform)
     model = _model(privacy=_policy(secure_noise=secure))
+    model.engine.noise_route = route
     start = model.get_weights()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    size = sum(w.size for w in start)
-    noise_reads = [seeded for seeded, n in reads if n == 8 * ((size + 1) // 2)]
-    assert len(noise_reads) >= 4  # one draw per step, plus one drawn ahead
+    pairs = (sum(w.size for w in start) + 1) // 2
+    words = 2 if route is None else DEVICE_WORDS_PER_PAIR
+    noise_reads = [seeded for seeded, n in fills if n == 8 * words * pairs]
+    assert len(noise_reads) >= 4  # one draw per step
     assert set(noise_reads) == {False}
     assert [shape for _, shape in uniforms].count(N) >= 4  # the Poisson draws too
     assert {seeded for seeded, _ in uniforms} == {False}
-    assert model.privacy_report()["secure_noise"] is secure
+    report = model.privacy_report()
+    assert report["secure_noise"] is secure
+    assert report["noise"].startswith("host" if route is None else "device")
     assert not all(np.array_equal(a, b) for a, b in zip(start, model.get_weights()))
 
 
@@ -272,20 +280,24 @@ def test_loss_that_averages_the_batch_is_refused(data):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"batch_size": N + 1}, "batch_size <= the number of training examples"),
-        ({"batch_size": 0}, "batch_size to be a positive integer"),
-        ({"x": iter([]), "y": None}, "expected x and y as arrays"),
-        ({"y": np.zeros((3, 1))}, "same number"),
-        ({"sample_weight": np.ones(3)}, "sample_weight of shape"),
+        (
+            {"batch_size": N + 1},
+            PrivacyPolicyError,
+            "batch_size <= the number of training examples",
+        ),
+        ({"batch_size": 0}, InvalidInputError, "batch_size to be a positive integer"),
+        ({"x": iter([]), "y": None}, PrivacyPolicyError, "expected x and y as arrays"),
+        ({"y": np.zeros((3, 1))}, InvalidInputError, "same number"),
+        ({"sample_weight": np.ones(3)}, InvalidInputError, "sample_weight of shape"),
     ],
 )
-def test_bad_fit_arguments(data, kwargs, message):
+def test_bad_fit_arguments(data, kwargs, error, message):
     x, y = data
     model = _model(privacy=_policy())
     args = {"x": x, "y": y, "batch_size": 16, "verbose": 0, **kwargs}
-    with pytest.raises(PrivacyPolicyError, match=message):
+    with pytest.raises(error, match=message):
         model.fit(**args)
 
 
@@ -359,3 +371,117 @@ def test_a_layer_without_per_example_gradients_is_named(data):
         assert model.privacy_report()["steps"] <= 1  # refused while tracing the first step
     finally:
         clipping.unregister_clipping_rule(_Scale)
+
+
+# -- noise keys, routes and what the sampler adds to delta -----------------------------------
+
+
+def _noise_only_model(jit_compile: bool, **policy) -> pk.PrivateSequential:
+    model = pk.PrivateSequential([keras.Input((8,)), keras.layers.Dense(4)])
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0),
+        loss="mse",
+        jit_compile=jit_compile,
+        privacy=_policy(sampling="shuffle", **policy),
+    )
+    return model
+
+
+def _noise_only_update(model, start) -> np.ndarray:
+    """One full-batch step from `start` after set_random_seed(0), its examples weighing zero:
+    the update is the noise alone."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 8)).astype("float32"), rng.normal(size=(16, 4)).astype("float32")
+    model.set_weights(start)
+    model.fit(x, y, sample_weight=np.zeros(16), batch_size=16, epochs=1, verbose=0)
+    return np.concatenate([(b - a).ravel() for a, b in zip(start, model.get_weights())])
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_noise_is_fresh_at_every_run_whatever_the_keras_seed(jit_compile, monkeypatch):
+    """Two runs after keras.utils.set_random_seed(0), from the same weights: different
+    noise, on CPU, with and without jit_compile (TF: XLA and the device route; torch:
+    torch.compile, here with its eager backend, breaking its graph at the host route)."""
+    torch_jit = jit_compile and keras.backend.backend() == "torch"
+    if torch_jit:
+        import functools
+
+        import torch
+
+        monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    keras.utils.set_random_seed(0)
+    model = _noise_only_model(jit_compile)
+    start = model.get_weights()
+    first, second = (_noise_only_update(model, start) for _ in range(2))
+    assert np.all(first != 0) and np.all(second != 0)
+    assert not np.any(first == second)
+    assert np.std(first) == pytest.approx(1.0 / 16, rel=0.5)  # sigma C / B per coordinate
+    route = "device" if jit_compile and not torch_jit else "host"
+    assert model.privacy_report()["noise"].startswith(route)
+
+
+def test_secure_noise_under_xla_is_refused_with_the_reason():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("XLA compiles the TensorFlow step")
+    model = _noise_only_model(True, secure_noise=True)
+    with pytest.raises(PrivacyPolicyError, match=r"jit_compile=False.*Received: jit_compile=True"):
+        _noise_only_update(model, model.get_weights())
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("route", ["host", "device"])
+def test_sampler_delta_is_computed_and_added_to_delta(data, route):
+    """The report's delta is the accountant's plus what the sampler's tails leave:
+    `(1 + e^eps) * steps * pairs * 2^-b`, b = 104 bits on the device route and
+    52 + 960 on the host route (which refines instead of cutting its tails)."""
+    x, y = data
+    model = _model(keras.layers.Dense(4, activation="relu"), privacy=_policy(accountant="rdp"))
+    model.engine.noise_route = route
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    report = model.privacy_report()
+    pairs = (sum(w.size for w in model.get_weights()) + 1) // 2
+    bits = 104 if route == "device" else 52 + 960
+    want = (1 + math.exp(report["epsilon"])) * report["steps"] * pairs * 2.0**-bits
+    assert report["sampler_delta"] == pytest.approx(want, rel=1e-9) and want > 0
+    assert report["accountant_delta"] == 1e-3
+    assert report["delta"] == report["accountant_delta"] + report["sampler_delta"]
+
+
+def test_a_second_fit_keeps_the_traced_step_and_keys_new_noise(data):
+    x, y = data
+    model = _model(privacy=_policy(accountant="rdp"))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    kept = model.engine._kept
+    first_function, first_stream = kept.train_function, kept.trainer._noise._stream
+    assert first_function is not None and model.train_function is None
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert model.engine._kept is kept and kept.train_function is first_function
+    assert kept.trainer._noise._stream is not first_stream  # keyed afresh from os.urandom
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # another divisor: another step
+    assert model.engine._kept is not kept
+    assert model.privacy_report()["steps"] == 4 + 4 + 8
+
+
+@pytest.mark.parametrize(
+    ("attribute", "purpose"),
+    [("_loss_tracker", "the loss shown in the logs"), ("_compile_config", "arguments of compile")],
+)
+def test_a_missing_private_keras_attribute_fails_loudly(data, attribute, purpose):
+    """A Keras release that renames what DP-SGD reads must stop it, not switch a check off."""
+    x, y = data
+    model = _model(privacy=_policy())
+    object.__delattr__(model, attribute)
+    with pytest.raises(EngineNotAvailableError) as info:
+        model.fit(x, y, batch_size=16, verbose=0)
+    message = str(info.value)
+    assert attribute in message and purpose in message and keras.version() in message
+
+
+def test_history_epsilon_is_a_close_upper_bound_of_the_exact_one(data):
+    x, y = data
+    model = _model(privacy=_policy(accountant="pld"))
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    exact = model.privacy_report()["epsilon"]
+    assert exact <= history.history["epsilon"][-1] <= exact + 0.01

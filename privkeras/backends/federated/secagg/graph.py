@@ -30,6 +30,7 @@ meets correctness. k grows as O(log n + security_bits): 9 for 10 owners
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,6 +90,7 @@ def _threshold_range(
     return t_min, t_max
 
 
+@functools.lru_cache(maxsize=256)
 def choose_degree_and_threshold(
     num_owners: int,
     *,
@@ -114,6 +116,8 @@ def choose_degree_and_threshold(
     Raises:
         ValueError: When no degree meets the requirements (too many dropouts
             plus corruptions for `num_owners`).
+
+    Results are cached: every owner checks the coordinator's choice with it.
     """
     if num_owners < 2:
         raise ValueError(f"Expected num_owners >= 2. Received: num_owners={num_owners}")
