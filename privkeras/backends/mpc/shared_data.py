@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from privkeras.backends import validation
 from privkeras.backends.mpc.errors import MPCInputError
 from privkeras.backends.mpc.placement import Remote
-from privkeras.errors import PrecisionOverflowError
 
 if TYPE_CHECKING:
     from privkeras.backends.mpc.runtime import MPCRuntime
@@ -62,19 +62,12 @@ def as_float_array(value: Any, what: str) -> np.ndarray:
 
 
 def require_finite(values: np.ndarray, what: str) -> None:
-    """Refuses NaN and infinite values before anything is shared.
+    """Refuses NaN and infinite values before anything is shared, naming the first bad row.
 
     Raises:
-        PrecisionOverflowError: Naming the first non-finite entry.
+        InvalidInputError: As every engine raises it (`backends.validation`).
     """
-    finite = np.isfinite(values)
-    if not finite.all():
-        index = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise PrecisionOverflowError(
-            f"Expected finite values in {what}: NaN and infinities cannot be secret-shared. "
-            f"Received: {values[index]} at index {index} "
-            f"({int((~finite).sum())} non-finite values)"
-        )
+    validation.check_finite(values, what)
 
 
 class SharedData:
