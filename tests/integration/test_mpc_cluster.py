@@ -9,6 +9,7 @@ and the parties that survive must serve the next job.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -159,3 +160,57 @@ def test_wrong_cluster_maps_are_refused_before_any_share(cluster):
     with use_credentials(credentials, addresses), pytest.raises(PartyError, match="p0"):
         model.predict(X, batch_size=8, verbose=0)
     assert time.monotonic() - started < 2 + 5
+
+
+def test_malformed_jobs_get_typed_errors_and_the_parties_keep_serving(cluster):
+    from privkeras.errors import PrivkerasError
+    from privkeras.net import new_job_id
+
+    model = _model(cluster.policy(engine="torch", seed=5, timeout=TIMEOUT))
+    program = model.engine.lower(model, (6,), training=False)
+    spec = model.engine.predict_job(model, program, 8, 8, "predictions").to_json().encode()
+    rng = np.random.default_rng(11)
+    client = cluster.processes.client()
+    refused, jobs = 0, []
+    try:
+        for trial in range(300):
+            data = bytearray(spec)
+            kind = trial % 4
+            if kind == 0:  # truncated
+                data = data[: int(rng.integers(0, len(data)))]
+            elif kind == 1:  # flipped bits
+                for position in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
+                    data[position] ^= 1 << int(rng.integers(0, 8))
+            elif kind == 2:  # random bytes
+                data = bytearray(
+                    rng.integers(0, 256, size=int(rng.integers(0, 300)), dtype=np.uint8)
+                )
+            else:  # wrong types and values in otherwise valid JSON
+                field = rng.choice(
+                    [b'"rows": 8', b'"batch_size": 8', b'"protocol": "', b'"kind": "']
+                )
+                data = data.replace(field, field[:-1] + b'["x"]', 1)
+            role = list(cluster.parties)[trial % 3]
+            job = new_job_id()
+            jobs.append((role, job))
+            try:
+                client.call(role, "mpc.start", [np.frombuffer(bytes(data), np.uint8)], job=job)
+            except PrivkerasError:
+                refused += 1
+        for method, meta in (
+            ("mpc.pull", {"seq": -1}),
+            ("mpc.pull", {"seq": "x"}),
+            ("mpc.finish", {}),
+        ):
+            with pytest.raises(PrivkerasError):
+                client.call("p0", method, meta=meta, job="no-such-job", timeout=3)
+    finally:
+        for role, job in jobs:  # a mutation may have left a valid job waiting for us
+            with contextlib.suppress(PrivkerasError):
+                client.call(role, "mpc.abort", meta={"reason": "fuzz"}, job=job, timeout=2)
+        client.close()
+    assert refused >= 250
+    local = _model(pk.MPC(protocol=cluster.protocol, engine="torch", seed=5))
+    np.testing.assert_array_equal(
+        model.predict(X, batch_size=8, verbose=0), local.predict(X, batch_size=8, verbose=0)
+    )
