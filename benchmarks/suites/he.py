@@ -401,13 +401,16 @@ class _Workload:
 
     def sizes(self) -> list[dict[str, Any]]:
         """Bytes on the wire: one input and output ciphertext, the public contexts."""
-        from privkeras.backends.he.wire import seal_to_bytes, unpack_message
+        from privkeras.backends.he import EncryptedBatch
+        from privkeras.backends.he.wire import seal_to_bytes
 
         batch = self.x[:BATCH]
         spec, public = self._packed(n_samples=BATCH)
         _, _, outputs = _phases(self.server, self.client, spec, public, batch)
         sent = self.client.encrypt_to_bytes(batch, spec)
-        blob_sizes = unpack_message(sent, "ciphertexts")[0]["sizes"]
+        blob_sizes = [
+            len(b) for b in EncryptedBatch.from_bytes(sent, public, load=False).serialized
+        ]
         tenseal_context = self.baseline.context_bytes()
         return [
             self._row(

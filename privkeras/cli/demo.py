@@ -15,6 +15,7 @@ import time
 STAGES: dict[str, str] = {
     "plaintext": "privkeras.cli.stages.plaintext:run",
     "dp-sgd": "privkeras.cli.stages.dpsgd:run",
+    "federated": "privkeras.cli.stages.federated:run",
     "mpc": "privkeras.cli.stages.mpc:run",
     "he": "privkeras.cli.stages.he:run",
 }

@@ -71,7 +71,7 @@ WARMUP_ELIMINATION_FACTOR = 4.0
 #: Interleaved timed rounds per surviving candidate (the median is compared).
 TIMED_ROUNDS = 3
 #: Products with more multiply-adds than this are timed on a slice of their rows.
-PROBE_VOLUME = 2**23
+PROBE_VOLUME = 2**21
 #: Products with fewer multiply-adds are not timed (a few microseconds either way):
 #: they take the library's static route.
 MIN_TIMED_VOLUME = 2**16
@@ -319,7 +319,7 @@ class RouteTable:
         elapsed = time.perf_counter() - start
         self.seconds_measuring += elapsed
         timings = ", ".join(f"{n} {medians[n]:.3g} ms" for n in candidates)
-        reason = f"fastest when timed here ({timings})"
+        reason = f"fastest when timed here ({timings}; decided in {1e3 * elapsed:.3g} ms)"
         if dropped:
             reason += f"; {', '.join(dropped)} dropped early"
         return RouteChoice(winner, "measured", reason, medians, key)

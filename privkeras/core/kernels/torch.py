@@ -89,7 +89,9 @@ def limb_product(left: LimbOperand, right: LimbOperand) -> torch.Tensor:
             lb = lb.reshape(lb.shape[0], *([1] * (rr - lr)), *lb.shape[1:])
         elif rr < lr:
             rb = rb.reshape(rb.shape[0], *([1] * (lr - rr)), *rb.shape[1:])
-        batch = torch.broadcast_shapes(lb.shape[:-2], rb.shape[:-2])
+        batch = np.broadcast_shapes(
+            tuple(lb.shape[:-2]), tuple(rb.shape[:-2])
+        )  # torch's imports torch._refs
         m, n = lb.shape[-2], rb.shape[-1]
         device = lb.device
         floats = _buffer("limbs/products", (*batch, m, n), torch.float64, device, True)
