@@ -52,14 +52,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from privkeras.backends.mpc.local import LocalPartyCluster, local_cluster
 from privkeras.backends.mpc.runtime import MPCRuntime, RevealRecord
 from privkeras.backends.mpc.tensor import SharedTensor
 
 __all__ = [
+    "LocalPartyCluster",
     "MPCRuntime",
     "RevealRecord",
     "SharedTensor",
     "get_runtime",
+    "local_cluster",
     "reveal",
     "set_runtime",
     "share",

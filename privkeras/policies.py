@@ -356,14 +356,29 @@ class MPC(Policy):
         precision_bits: Fractional bits of the fixed-point encoding, in [1, 40].
         seed: Optional integer seed that makes every share reproducible. For
             tests only: it warns that the run is not secure.
+        parties: None (the default) runs every party in this process. Else the
+            addresses of the party processes (`privkeras party`), by name:
+            `{"p0": "host:port", "p1": ..., "dealer": ...}` for pond, `p0`, `p1`,
+            `p2` for aby3. Addresses only: credentials come from the
+            environment or `pk.mpc.local_cluster`, never from the policy
+            (policies are saved inside `.keras` files).
+        timeout: Seconds any networked wait may take before a `PartyError`
+            naming the party and the step.
     """
 
     kind: ClassVar[str] = "mpc"
+    #: The party processes each protocol needs.
+    ROLES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "pond": ("p0", "p1", "dealer"),
+        "aby3": ("p0", "p1", "p2"),
+    }
 
     protocol: str = "pond"
     engine: str | None = None
     precision_bits: int = 16
     seed: int | None = None
+    parties: Any = None
+    timeout: float = 30.0
 
     def __post_init__(self):
         name = type(self).__name__
@@ -372,6 +387,9 @@ class MPC(Policy):
             variants = _registered_engine_variants(self.kind)
             _check_registered(name, "engine", self.engine, variants, "MPC engines (or None)")
         _check_int(name, "precision_bits", self.precision_bits, 1, 40)
+        _check_positive(name, "timeout", self.timeout)
+        if self.parties is not None:
+            object.__setattr__(self, "parties", _party_addresses(name, self.protocol, self.parties))
         if self.seed is not None:
             _check_int(name, "seed", self.seed, 0, 2**63 - 1)
             warnings.warn(
@@ -380,6 +398,26 @@ class MPC(Policy):
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def _party_addresses(name: str, protocol: str, parties: Any) -> tuple[tuple[str, str], ...]:
+    """`parties` as sorted (name, "host:port") pairs, checked against the protocol's roles."""
+    try:
+        pairs = dict(parties.items() if hasattr(parties, "items") else parties)
+    except (TypeError, ValueError):
+        raise _fail(name, "parties", parties, 'to map party names to "host:port"') from None
+    expected = MPC.ROLES.get(protocol)
+    if expected is None:
+        raise _fail(name, "protocol", protocol, f"with party processes, one of {sorted(MPC.ROLES)}")
+    if sorted(pairs) != sorted(expected):
+        raise _fail(
+            name, "parties", sorted(pairs), f"to name exactly {list(expected)} for {protocol!r}"
+        )
+    for party, address in pairs.items():
+        host, _, port = str(address).rpartition(":") if isinstance(address, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _fail(name, f"parties[{party!r}]", address, 'to be "host:port"')
+    return tuple(sorted(pairs.items()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,10 @@ torch), all parties simulated in this process (the in-process communicator):
 - private inference of a LeNet-style CNN on 28x28x1, batch of 64;
 - one SGD step of the MLP on a batch of 64 with softmax cross-entropy;
 - 20 epochs of full-batch logistic regression on breast cancer (the issue's
-  third CrypTen reference), with the test accuracy next to plain Keras's.
+  third CrypTen reference), with the test accuracy next to plain Keras's;
+- the MLP inference and SGD step again with the parties as `privkeras party`
+  processes on loopback over mutual TLS (`pk.mpc.local_cluster`), against the
+  in-process runtime in the same run (`_networked`).
 
 Rows per case: `time` (ms per batch; baseline: the plaintext Keras step of
 the same model in the same run, `predict_on_batch` / `train_on_batch`),
@@ -199,6 +202,104 @@ def _logistic_regression(policy, label: str) -> list[dict]:
     return _rows(f"{label} logistic regression 20 epochs", seconds, plain_seconds, cost, extra)
 
 
+def _networked(protocol: str, x: np.ndarray, y: np.ndarray, repeat: int) -> list[dict]:
+    """The MLP inference and SGD step with the parties as processes on loopback (mutual TLS).
+
+    A networked job starts the job on every party, agrees keys (none here:
+    seeded) and shares the weights; the marginal cost of one more batch (one
+    more step) is what a server or a long fit pays per batch, so it is
+    measured as (job of 5 batches - job of 1 batch) / 4, for the in-process
+    runtime (the baseline) and the networked one alike, interleaved, medians.
+    """
+    import statistics
+    import time
+
+    import privkeras as pk
+
+    def seconds(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    rows: list[dict] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local_policy = pk.MPC(protocol=protocol, engine="torch", seed=0)
+    with pk.mpc.local_cluster(protocol, tls=True) as cluster:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net_policy = cluster.policy(engine="torch", seed=0, timeout=60)
+        xs = {k: np.concatenate([x] * k) for k in (1, 5)}
+        ys = {k: np.concatenate([y] * k) for k in (1, 5)}
+        models = {
+            kind: {"local": _model(layers, local_policy), "net": _model(layers, net_policy)}
+            for kind, layers in (("inference", _mlp), ("training", _mlp_softmax))
+        }
+        jobs = {
+            "inference": lambda m, k: m.predict(xs[k], batch_size=BATCH, verbose=0),
+            "training": lambda m, k: m.fit(
+                xs[k], ys[k], batch_size=BATCH, epochs=1, shuffle=False, verbose=0
+            ),
+        }
+        for kind, job in jobs.items():
+            for where in ("local", "net"):
+                job(models[kind][where], 1)  # warm-up: routes, first job on each party
+            samples: dict[tuple[str, int], list[float]] = {}
+            for _ in range(repeat):
+                for k in (1, 5):
+                    for where in ("local", "net"):
+                        t = seconds(lambda: job(models[kind][where], k))  # noqa: B023
+                        samples.setdefault((where, k), []).append(t)
+            median = {key: statistics.median(v) for key, v in samples.items()}
+            per_batch = {w: (median[w, 5] - median[w, 1]) / 4 for w in ("local", "net")}
+            job(models[kind]["net"], 1)
+            cost = models[kind]["net"].engine.last_report.stats
+            case = f"{protocol}/torch {'mlp inference' if kind == 'inference' else 'mlp sgd step'} b64 networked"
+            workload = "mlp inference b64" if kind == "inference" else "mlp sgd step b64"
+            reference = CRYPTEN[workload]
+            extra = {"protocol": protocol, "engine": "torch", "transport": "grpc mtls loopback"}
+            r = row(
+                SUITE,
+                case,
+                "time per batch",
+                per_batch["net"] * 1e3,
+                "ms",
+                per_batch["local"] * 1e3,
+                **extra,
+            )
+            r["crypten_two_processes"] = reference["time"]
+            r["vs_crypten"] = per_batch["net"] * 1e3 / reference["time"]
+            rows.append(r)
+            rows.append(
+                row(
+                    SUITE,
+                    case,
+                    "time per job of one batch",
+                    median["net", 1] * 1e3,
+                    "ms",
+                    median["local", 1] * 1e3,
+                    **extra,
+                )
+            )
+            rows.append(
+                row(
+                    SUITE, case, "rounds per job of one batch", cost.rounds, "rounds", None, **extra
+                )
+            )
+            rows.append(
+                row(
+                    SUITE,
+                    case,
+                    "bytes_per_party per job of one batch",
+                    cost.max_bytes_per_party(),
+                    "B",
+                    None,
+                    **extra,
+                )
+            )
+    return rows
+
+
 def _labels(policy) -> dict:
     return {"protocol": policy.protocol, "engine": policy.engine}
 
@@ -228,4 +329,6 @@ def run(quick: bool) -> list[dict]:
             rows += _inference(_lenet, "lenet inference b64", policy, label, x_cnn, repeat)
             rows += _training_step(policy, label, x_mlp, y, repeat)
             rows += _logistic_regression(policy, label)
+    for protocol in ("pond", "aby3"):
+        rows += _networked(protocol, x_mlp, y, repeat)
     return rows

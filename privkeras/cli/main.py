@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from privkeras.cli import certs, demo, worker
+from privkeras.cli import certs, demo, party, worker
 from privkeras.net import echo as net_echo
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     demo.add_parser(sub)
     certs.add_parser(sub)
+    party.add_parser(sub)
     worker.add_parser(sub)
     net_echo.add_parser(sub)  # hidden: transport tests and benchmarks
     return parser

@@ -288,11 +288,22 @@ class LocalCluster(LocalProcesses):
         if self.auth != "insecure":
             make_dev_certs(self.certs_dir, [*self.names, self.driver], overwrite=True)
         write_cluster_file(self.cluster_file, self.extra)
-        for name in self.names:
-            argv = [*self.command, *([self.name_flag, name] if self.name_flag else [])]
-            argv += ["--listen", "127.0.0.1:0", "--cluster", str(self.cluster_file)]
-            self.start(name, argv + self.credential_flags(), ready_timeout=self.ready_timeout,
-                       env=self.credential_env())  # fmt: skip
+        errors: list[BaseException] = []
+
+        def start(name: str) -> None:  # children start at once: each may import a framework
+            try:
+                self.start(name, self.argv(name), ready_timeout=self.ready_timeout,
+                           env=self.credential_env())  # fmt: skip
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=start, args=(name,)) for name in self.names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
         write_cluster_file(self.cluster_file, {**self.extra, **self.addresses})
         client = self.client()
         try:
@@ -300,6 +311,21 @@ class LocalCluster(LocalProcesses):
         finally:
             client.close()
         return self
+
+    def argv(self, name: str, listen: str = "127.0.0.1:0") -> list[str]:
+        """The command line of node `name` (without the ready-file flags)."""
+        argv = [*self.command, *([self.name_flag, name] if self.name_flag else [])]
+        argv += ["--listen", listen, "--cluster", str(self.cluster_file)]
+        return argv + self.credential_flags()
+
+    def restart(self, name: str) -> ChildProcess:
+        """Starts node `name` again on the address it had (after it was killed or stopped)."""
+        old = self.children.pop(name)
+        old.stop(grace=1.0)
+        return self.start(
+            name, self.argv(name, listen=old.address), ready_timeout=self.ready_timeout,
+            env=self.credential_env(),
+        )  # fmt: skip
 
     def credential_flags(self) -> list[str]:
         if self.auth == "insecure":

@@ -22,7 +22,10 @@ Every reveal is recorded in `engine.runtime.reveal_log`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +34,7 @@ from privkeras.backends import keras_loop
 from privkeras.backends.base import Engine
 from privkeras.backends.mpc import trainer
 from privkeras.backends.mpc.errors import MPCInputError
+from privkeras.backends.mpc.jobs import Hooks, JobSpec, run_predict
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
 from privkeras.backends.mpc.roles import CALLER, MODEL_OWNER
 from privkeras.backends.mpc.shared_data import as_float_array, check_batch_size, require_finite
@@ -66,6 +70,11 @@ class MPCEngine(Engine):
         super().__init__(policy if policy is not None else MPC())
         self._runtime = None
         self._shared_weights: tuple[SecureProgram, SharedParams] | None = None
+        #: Where networked jobs run (a `cluster.Cluster`); None for the in-process runtime
+        #: unless the policy names parties.
+        self.cluster = None
+        #: What the last networked job cost and revealed (`cluster.JobReport`).
+        self.last_report = None
 
     # -- set-up ------------------------------------------------------------------------
     @classmethod
@@ -114,14 +123,15 @@ class MPCEngine(Engine):
     def report(self) -> dict[str, Any]:
         report = super().report()
         report["engine"] = self.name
-        if self._runtime is not None:
-            communicator = self._runtime.communicator
-            report["bytes_sent"] = communicator.bytes_sent
-            report["rounds"] = communicator.rounds
-            report["reveals"] = [
-                {"what": r.what, "to": r.to, "shape": tuple(r.shape)}
-                for r in self._runtime.reveal_log
-            ]
+        if self.last_report is not None:  # the last networked job, counted by every process
+            stats, log = self.last_report.stats, self.last_report.reveal_logs["driver"]
+        elif self._runtime is not None:
+            stats, log = self._runtime.communicator.snapshot(), self._runtime.reveal_log
+        else:
+            return report
+        report["bytes_sent"] = stats.bytes_sent
+        report["rounds"] = stats.rounds
+        report["reveals"] = [{"what": r.what, "to": r.to, "shape": tuple(r.shape)} for r in log]
         return report
 
     # -- inference ----------------------------------------------------------------------
@@ -161,37 +171,64 @@ class MPCEngine(Engine):
         require_finite(values, what)
         return values
 
-    def shared_weights(self, program: SecureProgram) -> SharedParams:
-        """The model owner's shared weights, reused while the weights do not change."""
+    def shared_weights(self, program: SecureProgram, runtime: Any) -> SharedParams:
+        """The model owner's shared weights; in-process, reused while the weights do not change."""
+        if runtime is not self._runtime:  # a networked job shares them afresh
+            return program.share_params(runtime, MODEL_OWNER)
         cached = self._shared_weights
         if cached is None or not program.same_params(cached[0]):
-            self._shared_weights = cached = (
-                program,
-                program.share_params(self.runtime, MODEL_OWNER),
-            )
+            self._shared_weights = cached = (program, program.share_params(runtime, MODEL_OWNER))
         return cached[1]
+
+    @contextlib.contextmanager
+    def session(self, spec: Callable[[], JobSpec]):
+        """The runtime one job runs on.
+
+        In-process (`MPC(parties=None)`), the engine's own runtime, where every
+        role runs. With `parties`, a networked job: the parties receive `spec()`
+        and run the same job code in their processes, and this process runs it
+        as the caller and model owner (see `privkeras.backends.mpc.cluster`).
+        """
+        if self.cluster is None and getattr(self.policy, "parties", None) is None:
+            yield self.runtime
+            return
+        from privkeras.backends.mpc.cluster import driver_job
+
+        with driver_job(self, spec()) as runtime:
+            yield runtime
+
+    def predict_job(
+        self, model: Any, program: SecureProgram, rows: int, batch_size: int, what: str
+    ) -> JobSpec:
+        """The `JobSpec` of a predict or evaluate: architecture and shapes, no secrets."""
+        return JobSpec(
+            kind="predict",
+            engine=self.name,
+            protocol=self.policy.protocol,
+            precision_bits=self.policy.precision_bits,
+            seed=self.policy.seed,
+            model=model.to_json(),
+            input_shape=program.input_shape,
+            rows=rows,
+            batch_size=batch_size,
+            what=what,
+        )
 
     def private_outputs(
         self,
+        model: Any,
         program: SecureProgram,
-        params: SharedParams,
         x: np.ndarray,
         batch_size: int,
         what: str = "predictions",
         on_batch: Any = None,
     ) -> np.ndarray:
         """Shares `x` batch by batch as the caller, runs the program, reveals outputs to the caller."""
-        outputs = []
-        for step, start in enumerate(range(0, len(x), batch_size)):
-            if on_batch is not None:
-                on_batch("begin", step, None)
-            shared = self.runtime.share(x[start : start + batch_size], owner=CALLER, name="inputs")
-            y, _ = program.forward(shared, params)
-            revealed = self.runtime.reveal(y, to=CALLER, what=what).astype(np.float32)
-            outputs.append(revealed)
-            if on_batch is not None:
-                on_batch("end", step, revealed)
-        return np.concatenate(outputs, axis=0)
+        hooks = _BatchHooks(on_batch)
+        job = functools.partial(self.predict_job, model, program, len(x), batch_size, what)
+        with self.session(job) as runtime:
+            params = self.shared_weights(program, runtime)
+            return run_predict(runtime, program, params, x, batch_size, what, hooks)
 
     def predict(
         self,
@@ -228,9 +265,8 @@ class MPCEngine(Engine):
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
         )
         callbacks.on_predict_begin()
-        params = self.shared_weights(program)
         predictions = self.private_outputs(
-            program, params, values, batch_size, on_batch=keras_loop.predict_hooks(callbacks)
+            model, program, values, batch_size, on_batch=keras_loop.predict_hooks(callbacks)
         )
         callbacks.on_predict_end()
         return predictions
@@ -269,34 +305,11 @@ class MPCEngine(Engine):
             callbacks, model, verbose, steps=math.ceil(len(values) / batch_size)
         )
         callbacks.on_test_begin()
-        logs = self.keras_metrics(
-            model,
-            program,
-            self.shared_weights(program),
-            values,
-            targets,
-            batch_size,
-            what="predictions",
-            callback_list=callbacks,
-        )
+        scorer = keras_loop.RevealedScorer(model, targets, callbacks)
+        self.private_outputs(model, program, values, batch_size, on_batch=scorer.on_batch)
+        logs = scorer.result()
         callbacks.on_test_end(logs)
         return keras_loop.evaluate_result(logs, return_dict)
-
-    def keras_metrics(
-        self,
-        model: Any,
-        program: SecureProgram,
-        params: SharedParams,
-        x: np.ndarray,
-        y: np.ndarray,
-        batch_size: int,
-        what: str,
-        callback_list: Any = None,
-    ) -> dict[str, float]:
-        """Reveals outputs batch by batch to the caller; Keras's metric objects score them."""
-        scorer = keras_loop.RevealedScorer(model, y, callback_list)
-        self.private_outputs(program, params, x, batch_size, what=what, on_batch=scorer.on_batch)
-        return scorer.result()
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, model: Any, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
@@ -331,3 +344,14 @@ class MPCTorchEngine(MPCEngine):
     variant = "torch"
     kernels = "torch"
     native_backend = "torch"
+
+
+class _BatchHooks(Hooks):
+    """Predict-batch events to a Keras hook (`keras_loop.predict_hooks`, a scorer)."""
+
+    def __init__(self, on_batch: Any):
+        self._on_batch = on_batch
+
+    def on_batch(self, event: str, step: int, outputs: np.ndarray | None) -> None:
+        if self._on_batch is not None:
+            self._on_batch(event, step, outputs)

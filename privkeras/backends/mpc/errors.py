@@ -2,17 +2,18 @@
 
 Each derives from `privkeras.errors.PrivkerasError` and from the builtin it
 replaces, so `except privkeras.PrivkerasError` and `except ValueError` both
-keep working.
+keep working; `MPCInputError` is an `InvalidInputError`, as every engine's
+bad-input error is.
 """
 
 from __future__ import annotations
 
-from privkeras.errors import PrivkerasError
+from privkeras.errors import InvalidInputError
 
 __all__ = ["MPCInputError"]
 
 
-class MPCInputError(PrivkerasError, ValueError):
+class MPCInputError(InvalidInputError):
     """Inputs, targets, owners' data or shared operands that MPC cannot take.
 
     Wrong or mismatched shapes, empty batches, x and y with different numbers

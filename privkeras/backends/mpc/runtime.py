@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from privkeras.backends.mpc.communicator import Communicator, InProcessCommunicator
+from privkeras.backends.mpc.placement import Remote
 from privkeras.backends.mpc.protocols.aby3 import ABY3Protocol
 from privkeras.backends.mpc.protocols.base import Protocol
 from privkeras.backends.mpc.protocols.pond import PondProtocol
@@ -105,7 +107,11 @@ class MPCRuntime:
         seed: None for keys from `os.urandom`, or an int that makes every
             share reproducible (tests only: not secure).
         communicator: A `Communicator` for the protocol's parties; an
-            `InProcessCommunicator` by default.
+            `InProcessCommunicator` by default. Its placement says which roles
+            run in this process (all of them by default; one party in a party
+            process, the caller and model owner in a networked driver).
+        keys: Stream keys agreed for a networked job without a seed (see
+            `PartyStreams`).
         track_bounds: Whether `share` and `share_public` derive a public
             bound on |value| from each value, so that every operation on
             the tensors checks the fixed-point range before it runs (see
@@ -134,6 +140,7 @@ class MPCRuntime:
         precision_bits: int = 16,
         seed: int | None = None,
         communicator: Communicator | None = None,
+        keys: Mapping[str, bytes] | None = None,
         track_bounds: bool = False,
     ):
         cls = get_protocol(protocol)
@@ -161,12 +168,13 @@ class MPCRuntime:
                 f"Received: parties={list(self.communicator.parties)}"
             )
         self.seed = seed
-        self.streams = PartyStreams(cls.num_parties, seed)
+        self.placement = self.communicator.placement
+        self.streams = PartyStreams(cls.num_parties, seed, self.placement, keys)
         self.protocol: Protocol = cls(
             self.kernels, self.streams, self.communicator, self.codec.precision_bits
         )
         self.reveal_log: list[RevealRecord] = []
-        if protocol == "pond":
+        if protocol == "pond" and self.placement.any_here(("caller", "model_owner")):
             _warn_dealer_once()
 
     def __repr__(self) -> str:
@@ -216,9 +224,33 @@ class MPCRuntime:
                 or values beyond the declared `bound`, naming `name`.
             ValueError: For a `bound` that is not a real in [0, 2^(63 - f)).
         """
+        if isinstance(value, Remote) or not self.placement.here(owner):
+            shape = value.shape if isinstance(value, Remote) else np.shape(value)
+            declared = self.checked_bound(bound)  # public: the same in every process
+            return SharedTensor(
+                self, self.protocol.share(None, owner, shape=tuple(shape)), declared
+            )
         encoded = self.encode_public(value, name=name)
         bound = self._share_bound(value, bound, name)
         return SharedTensor(self, self.protocol.share(encoded, owner), bound)
+
+    def here(self, role: str) -> bool:
+        """Whether `role` runs in this process (see `Placement`)."""
+        return self.placement.here(role)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles that run every job: the compute parties, and Pond's dealer."""
+        return self.parties + (("dealer",) if self.protocol_name == "pond" else ())
+
+    def broadcast(self, value: Any, source: str) -> np.ndarray:
+        """A public decision of `source` (batch order, early stop), known to every role after.
+
+        In one process it is `value`; across processes `source` sends it to the
+        parties (and dealer), which run the same code with `value=None`. Not
+        counted in rounds or bytes: it is control, not protocol.
+        """
+        return self.communicator.broadcast(source, value, self.roles)
 
     def share_public(self, value: Any, name: str = "public value") -> SharedTensor:
         """A public value as a (trivial) sharing, without communication.
@@ -226,11 +258,9 @@ class MPCRuntime:
         Its bound is max |value| when the runtime tracks bounds.
         """
         encoded = self.encode_public(value, name=name)
-        zero = self.kernels.zeros(self.kernels.shape(encoded))
+        zero = self.protocol.zeros(self.kernels.shape(encoded))
         bound = self._share_bound(value, None, name)
-        return SharedTensor(
-            self, self.protocol.add_public((zero,) * self.protocol.num_components, encoded), bound
-        )
+        return SharedTensor(self, self.protocol.add_public(zero, encoded), bound)
 
     # -- range -----------------------------------------------------------------------------------
     def checked_bound(self, bound: float | None) -> float | None:
@@ -306,7 +336,8 @@ class MPCRuntime:
                 (which must be tracked), a number to check against it instead.
 
         Returns:
-            The decoded values as a float64 numpy array.
+            The decoded values as a float64 numpy array, in the process where
+            `to` runs; None in the others (they only send their shares).
 
         Raises:
             PrecisionOverflowError: With `check_range`, for an opened value
@@ -318,6 +349,8 @@ class MPCRuntime:
         limit = self._reveal_limit(x, check_range)
         ring = self.protocol.reveal(x.shares, to)
         self.reveal_log.append(RevealRecord(what=what, to=to, shape=x.shape))
+        if ring is None:
+            return None
         values = self.codec.decode(self.kernels.to_numpy(ring))
         if limit is not None and values.size and np.max(np.abs(values)) > limit:
             raise PrecisionOverflowError(

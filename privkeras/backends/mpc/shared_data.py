@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from privkeras.backends import validation
 from privkeras.backends.mpc.errors import MPCInputError
-from privkeras.errors import PrecisionOverflowError
+from privkeras.backends.mpc.placement import Remote
 
 if TYPE_CHECKING:
     from privkeras.backends.mpc.runtime import MPCRuntime
@@ -61,19 +62,12 @@ def as_float_array(value: Any, what: str) -> np.ndarray:
 
 
 def require_finite(values: np.ndarray, what: str) -> None:
-    """Refuses NaN and infinite values before anything is shared.
+    """Refuses NaN and infinite values before anything is shared, naming the first bad row.
 
     Raises:
-        PrecisionOverflowError: Naming the first non-finite entry.
+        InvalidInputError: As every engine raises it (`backends.validation`).
     """
-    finite = np.isfinite(values)
-    if not finite.all():
-        index = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise PrecisionOverflowError(
-            f"Expected finite values in {what}: NaN and infinities cannot be secret-shared. "
-            f"Received: {values[index]} at index {index} "
-            f"({int((~finite).sum())} non-finite values)"
-        )
+    validation.check_finite(values, what)
 
 
 class SharedData:
@@ -133,9 +127,34 @@ class SharedData:
                 f"Expected every owner's x to have the same row shape. Received: {sorted(shapes)}"
             )
 
+    @classmethod
+    def remote(
+        cls,
+        owners: Sequence[str],
+        sizes: Sequence[int],
+        row_shape: Sequence[int],
+        target_shapes: Sequence[Sequence[int]],
+    ) -> SharedData:
+        """The owners' data as a compute party sees it: shapes only, the rows stay with them.
+
+        `share` then receives each owner's shares instead of making them.
+        """
+        data = cls.__new__(cls)
+        data.owners = tuple(owners)
+        data._parts = [
+            (Remote((n, *row_shape)), Remote((n, *target)))
+            for n, target in zip(sizes, target_shapes)
+        ]
+        return data
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{o}: {n}" for o, n in zip(self.owners, self.sizes))
         return f"SharedData({sizes}; rows of shape {self.row_shape})"
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the rows live with their owners in other processes."""
+        return isinstance(self._parts[0][0], Remote)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -144,7 +163,7 @@ class SharedData:
 
     @property
     def row_shape(self) -> tuple[int, ...]:
-        return self._parts[0][0].shape[1:]
+        return tuple(self._parts[0][0].shape[1:])
 
     def __len__(self) -> int:
         return sum(self.sizes)
@@ -170,6 +189,15 @@ class SharedData:
             One `(x_shared, y_shared)` pair per owner, in owner order.
         """
         shared = []
+        if self.is_remote:
+            for owner, (x, y) in zip(self.owners, self._parts):
+                shared.append(
+                    (
+                        runtime.share(x, owner=owner, name=f"x of {owner}"),
+                        runtime.share(y, owner=owner, name=f"y of {owner}"),
+                    )
+                )
+            return shared
         for index, (owner, (x, _), targets) in enumerate(
             zip(self.owners, self._parts, self.encoded_targets(encode))
         ):

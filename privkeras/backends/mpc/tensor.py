@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privkeras.backends.mpc.errors import MPCInputError
+from privkeras.backends.mpc.protocols.base import Shares, product_shape
 from privkeras.core.kernels import RingKernels, conv_output_padding
 from privkeras.errors import format_received
 
@@ -75,9 +76,10 @@ class SharedTensor:
 
     def __init__(self, runtime: MPCRuntime, shares: tuple[Tensor, ...], bound: float | None = None):
         self.runtime = runtime
-        self.shares = tuple(shares)
+        # None for each component no local party holds (`Shares` keeps the shape).
+        self.shares = shares if isinstance(shares, Shares) else Shares(tuple(shares))
         self._bound = bound
-        self._shape = runtime.kernels.shape(self.shares[0])
+        self._shape = self.shares.shape
         # A protocol's reusable mask of this value (Pond: a Beaver mask opened once),
         # set by the first product or comparison that opens one. Not part of the value.
         self._mask = None
@@ -119,7 +121,7 @@ class SharedTensor:
         return self.runtime.protocol
 
     def _new(self, shares, bound: float | None = None) -> SharedTensor:
-        return SharedTensor(self.runtime, tuple(shares), bound)
+        return SharedTensor(self.runtime, shares, bound)
 
     def _local(
         self, fn: Callable[..., Tensor], *others: SharedTensor, bound: float | None = None
@@ -239,9 +241,14 @@ class SharedTensor:
             else self.runtime.encode_public(other)
         )
         fn = _PUBLIC_PRODUCTS[op]
-        shares = tuple(
-            fn(k, public, s, **kwargs) if reverse else fn(k, s, public, **kwargs)
-            for s in self.shares
+        shares = Shares(
+            tuple(
+                None
+                if s is None
+                else (fn(k, public, s, **kwargs) if reverse else fn(k, s, public, **kwargs))
+                for s in self.shares
+            ),
+            product_shape(op, left, right, kwargs),
         )
         return self._new(shares if integer else protocol.truncate(shares, f), bound)
 
@@ -742,7 +749,8 @@ class SharedBit:
         f = self.runtime.codec.precision_bits
         arith = protocol.bit_to_arithmetic(self.shares)
         bound = 1.0 if self.tracked else None
-        return SharedTensor(self.runtime, tuple(k.shift_left(s, f) for s in arith), bound)
+        shifted = self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
+        return SharedTensor(self.runtime, shifted, bound)
 
     def reveal(self, to: str = "caller", what: str = "bit") -> np.ndarray:
         """The plaintext 0.0 / 1.0 values, opened to `to` and logged (see `SharedTensor.reveal`)."""
@@ -766,13 +774,11 @@ class SharedBit:
         )
         for tensor, mask in zip(tensors, masks):
             tensor._keep_mask(mask)
-        results = tuple(
-            SharedTensor(self.runtime, tuple(p), t._bound) for p, t in zip(products, tensors)
-        )
+        results = tuple(SharedTensor(self.runtime, p, t._bound) for p, t in zip(products, tensors))
         if not with_bit:
             return results, None
         k, f = self.runtime.kernels, self.runtime.codec.precision_bits
-        bit = tuple(k.shift_left(s, f) for s in arith)
+        bit = self.runtime.protocol.local(lambda s: k.shift_left(s, f), arith)
         return results, SharedTensor(self.runtime, bit, 1.0 if self.tracked else None)
 
 

@@ -33,10 +33,11 @@ import numpy as np
 
 from privkeras.backends import keras_loop
 from privkeras.backends.mpc.errors import MPCInputError
+from privkeras.backends.mpc.jobs import Hooks, Schedule, run_predict
 from privkeras.backends.mpc.layers import SecureProgram, SharedParams
 from privkeras.backends.mpc.losses import SecureLoss, get_loss
 from privkeras.backends.mpc.optimizers import SecureSGD, get_optimizer
-from privkeras.backends.mpc.roles import MODEL_OWNER
+from privkeras.backends.mpc.roles import CALLER, MODEL_OWNER
 from privkeras.backends.mpc.shared_data import SharedData, check_batch_size
 from privkeras.errors import CapabilityError
 
@@ -45,7 +46,16 @@ if TYPE_CHECKING:
     from privkeras.backends.mpc.tensor import SharedTensor
     from privkeras.policies import MPC
 
-__all__ = ["TrainingEngine", "TrainingPlan", "fit", "plan_training", "train_step"]
+__all__ = [
+    "TrainingEngine",
+    "TrainingPlan",
+    "fit",
+    "plan_training",
+    "run_fit",
+    "take",
+    "train_step",
+    "training_job",
+]
 
 #: `keras.Model.fit` arguments the MPC trainer does not implement (accepted at their defaults).
 _UNSUPPORTED_FIT_ARGUMENTS = (
@@ -72,18 +82,8 @@ class TrainingEngine(Protocol):
     def validated_inputs(self, x: Any, program: SecureProgram, what: str) -> np.ndarray:
         """The caller's inputs as float64, refused if non-finite or mis-shaped."""
 
-    def keras_metrics(
-        self,
-        model: Any,
-        program: SecureProgram,
-        params: SharedParams,
-        x: np.ndarray,
-        y: np.ndarray,
-        batch_size: int,
-        what: str,
-        callback_list: Any = None,
-    ) -> dict[str, float]:
-        """Keras's loss and metrics on outputs revealed to the caller."""
+    def session(self, spec: Any) -> Any:
+        """A context manager giving the runtime one job runs on (see `MPCEngine.session`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +192,8 @@ def _batches(sizes: tuple[int, ...], batch_size: int) -> list[list[tuple[int, in
     ]
 
 
-def _take(shared: list[tuple[SharedTensor, SharedTensor]], ranges) -> tuple[Any, Any]:
+def take(shared: list[tuple[SharedTensor, SharedTensor]], ranges) -> tuple[Any, Any]:
+    """One batch: the `(owner, start, stop)` row ranges of each owner's shared rows, joined."""
     from privkeras.backends.mpc.tensor import SharedTensor
 
     xs = [shared[owner][0][start:stop] for owner, start, stop in ranges]
@@ -234,26 +235,86 @@ def train_step(
     return new_params, momenta
 
 
+def run_fit(
+    runtime: MPCRuntime,
+    plan: TrainingPlan,
+    schedule: Schedule,
+    hooks: Hooks | None = None,
+    validation: Any = None,
+) -> int:
+    """The secure part of `fit`, the same on every role.
+
+    Args:
+        runtime: This role's runtime.
+        plan: The training plan (program, loss, optimizer, owners' data).
+        schedule: Epochs, steps, shuffling, validation.
+        hooks: The driver's Keras plumbing (no-op on parties).
+        validation: The caller's validation rows (a `Remote` elsewhere).
+
+    Returns:
+        The number of steps trained.
+    """
+    hooks = hooks or Hooks()
+    batches = plan.batches()[: schedule.steps]
+    initial = plan.program.share_params(runtime, MODEL_OWNER)
+    shared = plan.data.share(
+        runtime, plan.encode_targets, shuffle_seed=runtime.seed, shuffle=schedule.shuffle
+    )
+    params, momenta, step = initial, {}, 0
+    hooks.train_begin()
+    for epoch in range(schedule.initial_epoch, schedule.epochs):
+        hooks.epoch_begin(epoch)
+        order = runtime.broadcast(hooks.batch_order(epoch, len(batches)), source=CALLER)
+        for index, batch in enumerate(order):
+            hooks.batch_begin(index)
+            xb, yb = take(shared, batches[int(batch)])
+            params, momenta = train_step(plan, params, momenta, xb, yb, step)
+            step += 1
+            hooks.batch_end(index)
+        logs: dict[str, float] = {}
+        if schedule.validates(epoch):
+            scorer = hooks.validation_hooks()
+            run_predict(
+                runtime,
+                plan.program,
+                params,
+                validation,
+                schedule.validation_batch_size,
+                what="validation predictions",
+                hooks=scorer,
+            )
+            logs = {f"val_{name}": value for name, value in scorer.validation_logs().items()}
+        stop = runtime.broadcast(hooks.epoch_end(epoch, logs), source=CALLER)
+        if bool(np.asarray(stop)):
+            break
+    hooks.weights(
+        _reveal_weights(runtime, plan, initial, params, combined=len(plan.data.owners) > 1)
+    )
+    return step
+
+
 def _reveal_weights(
-    engine: TrainingEngine,
+    runtime: MPCRuntime,
     plan: TrainingPlan,
     initial: SharedParams,
     final: SharedParams,
-    combined_update: bool,
-) -> None:
-    """Reveals the trained weights (or the combined update) to the model owner; writes them."""
-    runtime = engine.runtime
-    for layer, start, end in zip(plan.program.layers, initial, final):
-        for name, variable in layer.variables.items():
+    combined: bool,
+) -> dict[tuple[int, str], np.ndarray] | None:
+    """Reveals the trained weights (or, with several owners, the combined update) to the model owner."""
+    values: dict[tuple[int, str], np.ndarray] = {}
+    for index, (layer, start, end) in enumerate(zip(plan.program.layers, initial, final)):
+        for name in layer.variables:
             label = f"{layer.name}/{name}"
-            if combined_update:
+            if combined:
                 update = runtime.reveal(
                     end[name] - start[name], to=MODEL_OWNER, what=f"combined update {label}"
                 )
-                value = layer.params[name] + update
+                value = None if update is None else layer.params[name] + update
             else:
                 value = runtime.reveal(end[name], to=MODEL_OWNER, what=f"final weights {label}")
-            variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+            if value is not None:
+                values[index, name] = value
+    return values if runtime.here(MODEL_OWNER) else None
 
 
 def fit(
@@ -300,59 +361,103 @@ def fit(
         ValueError: Before any party does work.
     """
     plan = plan_training(engine, model, x, y, batch_size, **options)
-    batches = plan.batches()[:steps_per_epoch]
-    validation = None
+    steps = len(plan.batches()[:steps_per_epoch])
+    x_val = y_val = None
     if validation_data is not None:
-        validation = (
-            engine.validated_inputs(validation_data[0], plan.program, "validation x"),
-            np.asarray(validation_data[1]),
-            validation_batch_size or plan.batch_size,
-        )
+        x_val = engine.validated_inputs(validation_data[0], plan.program, "validation x")
+        y_val = np.asarray(validation_data[1])
+    schedule = Schedule(
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps=steps,
+        shuffle=bool(shuffle),
+        validation_rows=0 if x_val is None else len(x_val),
+        validation_batch_size=check_batch_size(validation_batch_size or plan.batch_size),
+        validation_freq=validation_freq,
+    )
     history = keras.callbacks.History()
     callback_list = keras_loop.callback_list(
-        [*(callbacks or []), history], model, verbose, epochs=epochs, steps=len(batches)
+        [*(callbacks or []), history], model, verbose, epochs=epochs, steps=steps
     )
-    order_rng = np.random.default_rng(engine.policy.seed)  # batch order is public
-
-    # -- the parties start working here -------------------------------------------------------
-    initial = plan.program.share_params(engine.runtime, MODEL_OWNER)
-    shared = plan.data.share(
-        engine.runtime, plan.encode_targets, shuffle_seed=engine.policy.seed, shuffle=shuffle
-    )
-    params, momenta, step, logs = initial, {}, 0, {}
+    hooks = _KerasHooks(model, plan, callback_list, y_val, shuffle, engine.policy.seed)
     model.stop_training = False
-    callback_list.on_train_begin()
-    for epoch in range(initial_epoch, epochs):
-        callback_list.on_epoch_begin(epoch)
-        order = order_rng.permutation(len(batches)) if shuffle else range(len(batches))
-        for index, batch in enumerate(order):
-            callback_list.on_train_batch_begin(index)
-            xb, yb = _take(shared, batches[batch])
-            params, momenta = train_step(plan, params, momenta, xb, yb, step)
-            step += 1
-            callback_list.on_train_batch_end(index, {})
-        logs = {}
-        if validation is not None and (epoch + 1) % validation_freq == 0:
-            logs = _validation_logs(engine, model, plan, params, validation)
-        callback_list.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    _reveal_weights(engine, plan, initial, params, combined_update=len(plan.data.owners) > 1)
-    model.optimizer.iterations.assign(model.optimizer.iterations + step)
-    callback_list.on_train_end(logs)
+    with engine.session(lambda: training_job(engine, model, plan, schedule)) as runtime:
+        trained = run_fit(runtime, plan, schedule, hooks, validation=x_val)
+    model.optimizer.iterations.assign(model.optimizer.iterations + trained)
+    callback_list.on_train_end(hooks.logs)
     return history
 
 
-def _validation_logs(engine, model, plan, params, validation) -> dict[str, float]:
-    """`val_*` logs: outputs on the caller's validation data, revealed to the caller."""
-    x_val, y_val, batch_size = validation
-    val_logs = engine.keras_metrics(
-        model,
-        plan.program,
-        params,
-        x_val,
-        y_val,
-        check_batch_size(batch_size),
-        what="validation predictions",
+class _KerasHooks(Hooks):
+    """The driver's side of `fit`: Keras callbacks, the public batch order, validation, weights."""
+
+    def __init__(self, model, plan, callback_list, y_val, shuffle: bool, seed: int | None):
+        self.model, self.plan, self.callbacks = model, plan, callback_list
+        self.y_val, self.shuffle = y_val, shuffle
+        self.order_rng = np.random.default_rng(seed)  # batch order is public
+        self.logs: dict[str, float] = {}
+        self.scorer = None
+
+    def train_begin(self) -> None:
+        self.callbacks.on_train_begin()
+
+    def epoch_begin(self, epoch: int) -> None:
+        self.callbacks.on_epoch_begin(epoch)
+
+    def batch_begin(self, index: int) -> None:
+        self.callbacks.on_train_batch_begin(index)
+
+    def batch_end(self, index: int) -> None:
+        self.callbacks.on_train_batch_end(index, {})
+
+    def batch_order(self, epoch: int, steps: int) -> np.ndarray:
+        return self.order_rng.permutation(steps) if self.shuffle else np.arange(steps)
+
+    def validation_hooks(self) -> Hooks:
+        self.scorer = _ScorerHooks(keras_loop.RevealedScorer(self.model, self.y_val, None))
+        return self.scorer
+
+    def epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        self.logs = logs
+        self.callbacks.on_epoch_end(epoch, logs)
+        return bool(self.model.stop_training)
+
+    def weights(self, values) -> None:
+        for (index, name), value in values.items():
+            variable = self.plan.program.layers[index].variables[name]
+            variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+
+
+class _ScorerHooks(Hooks):
+    """Keras's loss and metric objects on validation outputs revealed to the caller."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def on_batch(self, event: str, step: int, outputs) -> None:
+        self.scorer.on_batch(event, step, outputs)
+
+    def validation_logs(self) -> dict[str, float]:
+        return self.scorer.result()
+
+
+def training_job(engine: TrainingEngine, model: Any, plan: TrainingPlan, schedule: Schedule):
+    """The `JobSpec` that lets a party run this `fit` (architecture and shapes, no secrets)."""
+    from privkeras.backends.mpc.jobs import JobSpec
+
+    return JobSpec(
+        kind="fit",
+        engine=engine.name,
+        protocol=engine.policy.protocol,
+        precision_bits=engine.policy.precision_bits,
+        seed=engine.policy.seed,
+        model=model.to_json(),
+        input_shape=plan.program.input_shape,
+        batch_size=plan.batch_size,
+        loss=keras.losses.serialize(model.loss) if not isinstance(model.loss, str) else model.loss,
+        optimizer=keras.optimizers.serialize(model.optimizer),
+        owners=plan.data.owners,
+        sizes=plan.data.sizes,
+        target_shapes=tuple(t.shape[1:] for t in plan.data.encoded_targets(plan.encode_targets)),
+        schedule=dataclasses.asdict(schedule),
     )
-    return {f"val_{name}": value for name, value in val_logs.items()}

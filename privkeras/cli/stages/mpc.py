@@ -1,4 +1,9 @@
-"""Demo stage: encrypted training and private inference under MPC (Pond, 2 parties + dealer)."""
+"""Demo stage: encrypted training and private inference under MPC (Pond, 2 parties + dealer).
+
+The parties are real processes: `pk.mpc.local_cluster` starts p0, p1 and the
+dealer as `privkeras party` processes on loopback (mutual TLS with
+development certificates) and stops them when the stage ends.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,13 @@ from privkeras.models import PrivateSequential
 from privkeras.policies import MPC
 
 
-def _policy() -> MPC:
+def _policy(parties: dict[str, str]) -> MPC:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the demo's seed is for a reproducible printout
-        return MPC(protocol="pond", seed=0)
+        return MPC(protocol="pond", seed=0, parties=parties)
 
 
-def _encrypted_training(verbose: bool) -> dict:
+def _encrypted_training(parties: dict[str, str], verbose: bool) -> dict:
     """Logistic regression on breast cancer, rows split between two data owners."""
     data = datasets.breast_cancer()
     half = len(data.x_train) // 2
@@ -34,12 +39,12 @@ def _encrypted_training(verbose: bool) -> dict:
         optimizer=keras.optimizers.SGD(0.5),
         loss="binary_crossentropy",
         metrics=["accuracy"],
-        privacy=_policy(),
+        privacy=_policy(parties),
     )
     start = time.perf_counter()
     model.fit(owners, epochs=20, batch_size=len(owners), verbose=int(verbose))
     seconds = time.perf_counter() - start
-    communicator = model.engine.runtime.communicator
+    communicator = model.engine.last_report.stats
     _, accuracy = model.keras_evaluate(data.x_test, data.y_test, verbose=0)
     print(
         f"[mpc] encrypted training, breast cancer, 2 data owners, 20 epochs: test accuracy "
@@ -49,7 +54,7 @@ def _encrypted_training(verbose: bool) -> dict:
     return {"training_accuracy": float(accuracy), "training_seconds": seconds}
 
 
-def _private_inference(verbose: bool) -> dict:
+def _private_inference(parties: dict[str, str], verbose: bool) -> dict:
     """An MLP trained in plaintext on digits, queried on secret-shared inputs."""
     data = datasets.digits()
     keras.utils.set_random_seed(0)
@@ -67,7 +72,9 @@ def _private_inference(verbose: bool) -> dict:
     )
     model.fit(data.x_train, data.y_train, epochs=10, batch_size=32, verbose=0)
     plaintext = model.predict(data.x_test, verbose=0)
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"], privacy=_policy())
+    model.compile(
+        loss="sparse_categorical_crossentropy", metrics=["accuracy"], privacy=_policy(parties)
+    )
     start = time.perf_counter()
     private = model.predict(data.x_test, batch_size=150, verbose=int(verbose))
     seconds = time.perf_counter() - start
@@ -81,4 +88,16 @@ def _private_inference(verbose: bool) -> dict:
 
 
 def run(verbose: bool = False) -> dict:
-    return {**_encrypted_training(verbose), **_private_inference(verbose)}
+    from privkeras.backends.mpc.local import local_cluster
+
+    start = time.perf_counter()
+    with local_cluster("pond", tls=True) as cluster:
+        print(
+            f"[mpc] parties p0, p1 and the dealer as processes on loopback over mutual TLS "
+            f"(pids {', '.join(str(p) for p in cluster.pids.values())}; started in "
+            f"{time.perf_counter() - start:.1f} s)"
+        )
+        return {
+            **_encrypted_training(cluster.parties, verbose),
+            **_private_inference(cluster.parties, verbose),
+        }

@@ -298,8 +298,8 @@ def _helper_attack(values: np.ndarray) -> tuple[float, float]:
     dealt: dict[str, Any] = {}
     original_products, original_multiply = Dealer.bit_products, PondProtocol.multiply_by_bit
 
-    def bit_products(self, bit_shape, masks):
-        out = original_products(self, bit_shape, masks)
+    def bit_products(self, *args):
+        out = original_products(self, *args)
         if self.name == "p2":
             dealt["b"], dealt["b_arith"], dealt["ab"] = out
         return out

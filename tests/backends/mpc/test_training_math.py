@@ -13,7 +13,7 @@ import tensorflow as tf
 from privkeras.backends.mpc.losses import get_loss, supported_losses
 from privkeras.backends.mpc.optimizers import SecureSGD, get_optimizer
 from privkeras.backends.mpc.shared_data import SharedData
-from privkeras.errors import CapabilityError, PrecisionOverflowError
+from privkeras.errors import CapabilityError, InvalidInputError
 
 ENGINE = "mpc-test"
 
@@ -144,5 +144,5 @@ def test_shared_data_validates_each_owner_before_sharing():
         SharedData([(x, np.zeros(4)), (x, np.zeros(4))], owners=["a", "a"])
     bad = x.copy()
     bad[1, 2] = np.nan
-    with pytest.raises(PrecisionOverflowError, match=r"x of 'data_owner_1'.*index \(1, 2\)"):
+    with pytest.raises(InvalidInputError, match=r"x of 'data_owner_1'.*index \(1, 2\)"):
         SharedData([(x, np.zeros(4)), (bad, np.zeros(4))])

@@ -12,6 +12,13 @@ Values come in two sharings:
 - arithmetic: components add up to the value mod 2^64;
 - binary: components XOR to the value (64-bit words, or single bits as
   int64 0/1).
+
+One protocol code runs in every process layout (see
+`privkeras.backends.mpc.placement`): a `Shares` tuple holds None for every
+component that no local role holds, and carries the value's shape, so that
+a process holding nothing (Pond's dealer, the driver of a networked job)
+still follows the computation and deals for it. Each step computes only the
+components, dealer values and messages of the local roles.
 """
 
 from __future__ import annotations
@@ -20,14 +27,43 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from privkeras.backends.mpc.communicator import Communicator
 from privkeras.backends.mpc.protocols.streams import PartyStreams
-from privkeras.core.kernels import RingKernels
+from privkeras.core.kernels import RingKernels, conv_output_padding
 
-__all__ = ["PRODUCTS", "Protocol", "Shares"]
+__all__ = ["PRODUCTS", "Protocol", "Shares", "product_shape"]
 
 Tensor = Any
-Shares = tuple[Tensor, ...]
+
+
+class Shares(tuple):
+    """One ring tensor per share component (None where no local role holds it), and the shape.
+
+    Args:
+        parts: The components.
+        shape: The value's shape; taken from the first present component if omitted.
+    """
+
+    def __new__(cls, parts, shape: Sequence[int] | None = None):
+        obj = super().__new__(cls, parts)
+        if shape is None:
+            present = next((p for p in obj if p is not None), None)
+            if present is None:
+                raise ValueError("Expected a shape for shares of which no component is local.")
+            shape = tuple(int(d) for d in present.shape)
+        obj.shape = tuple(shape)
+        return obj
+
+    def __getnewargs__(self):
+        return (tuple(self), self.shape)
+
+    @property
+    def present(self) -> bool:
+        """Whether this process holds any component."""
+        return any(p is not None for p in self)
+
 
 #: Bilinear products a protocol can compute on shares, by name.
 PRODUCTS: dict[str, Callable[..., Tensor]] = {
@@ -64,7 +100,21 @@ class Protocol(abc.ABC):
         self.communicator = communicator
         self.precision_bits = precision_bits
         self.parties = tuple(communicator.parties)
+        self.placement = communicator.placement
         self._constants: dict[int, Tensor] = {}
+
+    # -- placement -----------------------------------------------------------------------
+    def here(self, role: str) -> bool:
+        """Whether `role` (a party, the dealer, a data owner) runs in this process."""
+        return self.placement.here(role)
+
+    def ring(self, stream, shape: Sequence[int]) -> Tensor | None:
+        """Uniform ring elements from `stream`, or None where this process lacks its key."""
+        return None if stream is None else self.kernels.from_numpy(stream.ring(shape))
+
+    def random_bits(self, stream, shape: Sequence[int]) -> Tensor | None:
+        """Uniform 0/1 from `stream`, or None where this process lacks its key."""
+        return None if stream is None else self.kernels.from_numpy(stream.bits(shape))
 
     def shift_left(self, a: Tensor, bits: int) -> Tensor:
         """a << bits as a product with the cached constant 2^bits (exact mod 2^64).
@@ -92,8 +142,16 @@ class Protocol(abc.ABC):
 
     # -- local steps ---------------------------------------------------------------------
     def local(self, fn: Callable[..., Tensor], *args: Shares) -> Shares:
-        """Applies a ring-linear `fn` to each component of the arguments."""
-        return tuple(fn(*parts) for parts in zip(*args))
+        """Applies a ring-linear `fn` to each local component of the arguments.
+
+        A process that holds no component finds the result's shape by applying
+        `fn` to zeros of the arguments' shapes (a probe, never a share).
+        """
+        parts = tuple(None if group[0] is None else fn(*group) for group in zip(*args))
+        if any(p is not None for p in parts):
+            return Shares(parts)
+        probe = fn(*(self.kernels.zeros(a.shape) for a in args))
+        return Shares(parts, self.kernels.shape(probe))
 
     @abc.abstractmethod
     def add_public(self, x: Shares, public: Tensor) -> Shares:
@@ -170,8 +228,39 @@ class Protocol(abc.ABC):
 
     # -- helpers ------------------------------------------------------------------------------
     def shape(self, x: Shares) -> tuple[int, ...]:
-        return self.kernels.shape(x[0])
+        return x.shape
+
+    def holds(self, component: int) -> bool:
+        """Whether a local party holds share component `component`."""
+        return self.placement.any_here(self.component_holders(component))
+
+    @abc.abstractmethod
+    def component_holders(self, component: int) -> tuple[str, ...]:
+        """The parties that hold share component `component`."""
 
     def zeros(self, shape: Sequence[int]) -> Shares:
         zero = self.kernels.zeros(shape)
-        return (zero,) * self.num_components
+        return Shares(
+            tuple(zero if self.holds(c) else None for c in range(self.num_components)), shape
+        )
+
+
+def product_shape(op: str, left, right, kwargs) -> tuple[int, ...]:
+    """The shape of the bilinear product `op` of operands of shapes `left` and `right`."""
+    left, right = tuple(left), tuple(right)
+    if op == "mul":
+        return tuple(np.broadcast_shapes(left, right))
+    if op == "matmul":
+        if len(right) == 1:
+            return left[:-1]
+        if len(left) == 1:
+            return right[:-2] + right[-1:]
+        batch = tuple(np.broadcast_shapes(left[:-2], right[:-2]))
+        return (*batch, left[-2], right[-1])
+    if op == "conv2d":
+        strides = kwargs.get("strides", (1, 1))
+        padding = kwargs.get("padding", "VALID")
+        height, _, _ = conv_output_padding(left[1], right[0], strides[0], padding)
+        width, _, _ = conv_output_padding(left[2], right[1], strides[1], padding)
+        return (left[0], height, width, right[3])
+    raise ValueError(f"Expected a product in {sorted(PRODUCTS)}. Received: op={op!r}")

@@ -31,7 +31,7 @@ from typing import Any
 
 from privkeras.backends.mpc.communicator import Message
 from privkeras.backends.mpc.dealer import Dealer
-from privkeras.backends.mpc.protocols.base import PRODUCTS, Protocol, Shares
+from privkeras.backends.mpc.protocols.base import PRODUCTS, Protocol, Shares, product_shape
 from privkeras.backends.mpc.protocols.binary import (
     PrefixLevel,
     PublicPolynomial,
@@ -49,12 +49,13 @@ Tensor = Any
 class OperandMask:
     """A Beaver mask b of one shared value x, kept so that x is opened only once.
 
-    Holds the dealer's b, the parties' shares of b and each party's copy of
-    the opened f = x - b. Reusing b in many products is Beaver's method with
-    one opening per value (as SPDZ does for values used many times): every
-    product gets its own fresh triple c = a * b from the dealer. A mask of
-    L(x), for L linear (a transpose, reshape, slice...), is L(b) with opened
-    L(f): `derive` records L and applies it when the mask is first used.
+    Holds the dealer's b (where the dealer runs), the parties' shares of b and
+    each party's copy of the opened f = x - b (None where a party runs
+    elsewhere). Reusing b in many products is Beaver's method with one opening
+    per value (as SPDZ does for values used many times): every product gets its
+    own fresh triple c = a * b from the dealer. A mask of L(x), for L linear (a
+    transpose, reshape, slice...), is L(b) with opened L(f): `derive` records L
+    and applies it when the mask is first used.
     """
 
     __slots__ = ("_fn", "_resolved", "_source")
@@ -63,12 +64,16 @@ class OperandMask:
         self._resolved = None if source is not None else (value, tuple(shares), tuple(opened))
         self._source, self._fn = source, fn
 
-    def resolve(self) -> tuple[Tensor, Shares, tuple[Tensor, Tensor]]:
-        """(dealer's b, shares of b, opened f as seen by party 0 and party 1)."""
+    def resolve(self) -> tuple[Tensor | None, tuple, tuple[Tensor | None, Tensor | None]]:
+        """(dealer's b, the two shares of b, opened f as seen by party 0 and party 1)."""
         if self._resolved is None:
             value, shares, opened = self._source.resolve()
             fn = self._fn
-            self._resolved = (fn(value), tuple(map(fn, shares)), tuple(map(fn, opened)))
+
+            def apply(t):
+                return None if t is None else fn(t)
+
+            self._resolved = (apply(value), tuple(map(apply, shares)), tuple(map(apply, opened)))
             self._source = self._fn = None
         return self._resolved
 
@@ -111,84 +116,91 @@ class PondProtocol(Protocol):
         if parties is not None:  # two of a larger set of parties, another one dealing
             self.parties = tuple(parties)
         self.dealer = Dealer(kernels, streams, communicator, self.parties, name=dealer_name)
+        self._local = tuple(party for party in (0, 1) if self.here(self.parties[party]))
+
+    def component_holders(self, component: int) -> tuple[str, ...]:
+        return (self.parties[component],)
+
+    def _pack(self, parts, shape) -> Shares:
+        """Shares of `shape` with a party's component where that party runs."""
+        return Shares(parts, shape)
 
     # -- opening ------------------------------------------------------------------------
     def _open(
         self,
         values: list[Shares],
-        xor: bool | list[bool] = False,
+        kinds: list[bool] | bool = False,
         widths: tuple[int, ...] | None = None,
-    ) -> list[list[Tensor]]:
-        """Opens several values in one round; returns each party's list of opened values.
+    ) -> list[list[Tensor] | None]:
+        """Opens several values in one round; returns each local party's opened values.
 
         Args:
             values: Shares of the values to open.
-            xor: Per value (or for all), whether it is XOR-shared.
+            kinds: Per value (or for all), whether it is XOR-shared.
             widths: Meaningful bits per element of each value (64 by default).
+
+        Returns:
+            Per party (0, 1), its list of opened values, or None where it runs elsewhere.
         """
         k = self.kernels
         p0, p1 = self.parties
-        kinds = xor if isinstance(xor, list) else [xor] * len(values)
+        kinds = kinds if isinstance(kinds, list) else [kinds] * len(values)
         widths = widths or tuple(64 for _ in values)
-        inbox = self.communicator.exchange(
-            [
-                Message(p0, p1, tuple(v[0] for v in values), widths),
-                Message(p1, p0, tuple(v[1] for v in values), widths),
-            ]
-        )
-        received = (inbox[p1, p0], inbox[p0, p1])
-        return [
-            [
-                (k.bitwise_xor if is_xor else k.add)(v[party], other)
-                for v, other, is_xor in zip(values, received[party], kinds)
-            ]
-            for party in (0, 1)
+        sent = [
+            tuple(v[party] for v in values) if party in self._local else None for party in (0, 1)
         ]
+        inbox = self.communicator.exchange(
+            [Message(p0, p1, sent[0], widths), Message(p1, p0, sent[1], widths)]
+        )
+        views: list[list[Tensor] | None] = [None, None]
+        for party in self._local:
+            other = inbox[self.parties[1 - party], self.parties[party]]
+            views[party] = [
+                (k.bitwise_xor if is_xor else k.add)(v[party], theirs)
+                for v, theirs, is_xor in zip(values, other, kinds)
+            ]
+        return views
 
-    def _open_bits(self, bits: list[Shares], values: list[Shares]) -> list[list[Tensor]]:
+    def _open_bits(self, bits: list[Shares], values: list[Shares]) -> list[list[Tensor] | None]:
         """Opens XOR-shared single bits and additive ring values in one round."""
-        k = self.kernels
-        p0, p1 = self.parties
-        widths = (1,) * len(bits) + (64,) * len(values)
-        everything = bits + values
-        inbox = self.communicator.exchange(
-            [
-                Message(p0, p1, tuple(v[0] for v in everything), widths),
-                Message(p1, p0, tuple(v[1] for v in everything), widths),
-            ]
+        return self._open(
+            bits + values,
+            [True] * len(bits) + [False] * len(values),
+            (1,) * len(bits) + (64,) * len(values),
         )
-        received = (inbox[p1, p0], inbox[p0, p1])
-        return [
-            [
-                (k.bitwise_xor if index < len(bits) else k.add)(v[party], other)
-                for index, (v, other) in enumerate(zip(everything, received[party]))
-            ]
-            for party in (0, 1)
-        ]
 
     # -- sharing and revealing ---------------------------------------------------------
-    def share(self, value: Tensor, owner: str) -> Shares:
+    def share(self, value: Tensor | None, owner: str, shape=None) -> Shares:
+        """Shares `value` (None where `owner` runs elsewhere) of `shape`."""
         k = self.kernels
-        shape = k.shape(value)
+        shape = k.shape(value) if value is not None else tuple(shape)
         if owner in self.parties:
             # Pseudo-random zero sharing: the owner adds its value to its share of zero.
-            mask = k.from_numpy(self.streams.pair(0, 1).ring(shape))
-            if owner == self.parties[0]:
-                return k.sub(value, mask), mask
-            return mask, k.sub(value, mask)
+            mask = self.ring(self.streams.pair(0, 1), shape)
+            mine = self.parties.index(owner)
+            parts = [mask, mask]
+            parts[mine] = k.sub(value, mask) if self.here(owner) else None
+            if 1 - mine not in self._local:
+                parts[1 - mine] = None
+            return self._pack(parts, shape)
         # An outside owner: p0's share is expanded from a seed it shares with the owner,
         # p1's share is sent.
-        share0 = k.from_numpy(self.streams.owner(owner, 0).ring(shape))
-        share1 = k.sub(value, share0)
+        share0 = self.ring(self.streams.owner(owner, 0), shape)
+        share1 = k.sub(value, share0) if self.here(owner) else None
         inbox = self.communicator.exchange([Message(owner, self.parties[1], share1)])
-        return share0, inbox[owner, self.parties[1]]
+        return self._pack(
+            (share0 if 0 in self._local else None, inbox.get((owner, self.parties[1]))), shape
+        )
 
-    def reveal(self, shares: Shares, to: str) -> Tensor:
+    def reveal(self, shares: Shares, to: str) -> Tensor | None:
+        """Sends the shares to `to` (one round); returns the value where `to` runs, else None."""
         k = self.kernels
         senders = [i for i, name in enumerate(self.parties) if name != to]
         inbox = self.communicator.exchange(
-            [Message(self.parties[i], to, shares[i]) for i in senders]
+            [Message(self.parties[i], to, shares[i] if i in self._local else None) for i in senders]
         )
+        if not self.here(to):
+            return None
         parts = [inbox[self.parties[i], to] for i in senders]
         if to in self.parties:
             parts.append(shares[self.parties.index(to)])
@@ -196,10 +208,14 @@ class PondProtocol(Protocol):
 
     # -- local steps ---------------------------------------------------------------------
     def add_public(self, x: Shares, public: Tensor) -> Shares:
-        return self.kernels.add(x[0], public), x[1]
+        if x[0] is None:  # party 0 adds public values
+            return x
+        return Shares((self.kernels.add(x[0], public), x[1]))
 
     def xor_public(self, x: Shares, public: Tensor) -> Shares:
-        return self.kernels.bitwise_xor(x[0], public), x[1]
+        if x[0] is None:
+            return x
+        return Shares((self.kernels.bitwise_xor(x[0], public), x[1]))
 
     # -- products ------------------------------------------------------------------------
     def _new_masks(self, values: list[Shares]) -> list[OperandMask]:
@@ -210,7 +226,7 @@ class PondProtocol(Protocol):
         made = [self.dealer.random_mask(self.shape(x)) for x in values]
         views = self._open([self.local(k.sub, x, a) for x, (_, a) in zip(values, made)])
         return [
-            OperandMask(value, shares, (views[0][j], views[1][j]))
+            OperandMask(value, shares, (_item(views[0], j), _item(views[1], j)))
             for j, (value, shares) in enumerate(made)
         ]
 
@@ -257,21 +273,25 @@ class PondProtocol(Protocol):
             my = mx if same else next(made)
         a_value, a, e = mx.resolve()
         b_value, b, f = my.resolve()
-        c = self.dealer.product_shares(a_value, b_value, bilinear)
-        out = []
-        for party in (0, 1):
+        shape = product_shape(op, self.shape(x), self.shape(y), kwargs)
+        c = self.dealer.product_shares(a_value, b_value, bilinear, shape)
+        out: list[Tensor | None] = [None, None]
+        for party in self._local:
             # Party 0 folds its public e * f into e * (b0 + f): two products per party.
             right = k.add(b[party], f[party]) if party == 0 else b[party]
-            z = k.add(c[party], k.add(bilinear(e[party], right), bilinear(a[party], f[party])))
-            out.append(z)
-        return tuple(out), (mx, my)
+            out[party] = k.add(
+                c[party], k.add(bilinear(e[party], right), bilinear(a[party], f[party]))
+            )
+        return self._pack(out, shape), (mx, my)
 
     def truncate(self, x: Shares, bits: int) -> Shares:
         k = self.kernels
-        return (
-            k.shift_right_arithmetic(x[0], bits),
-            k.neg(k.shift_right_arithmetic(k.neg(x[1]), bits)),
-        )
+        out: list[Tensor | None] = [None, None]
+        if 0 in self._local:
+            out[0] = k.shift_right_arithmetic(x[0], bits)
+        if 1 in self._local:
+            out[1] = k.neg(k.shift_right_arithmetic(k.neg(x[1]), bits))
+        return self._pack(out, x.shape)
 
     # -- binary ------------------------------------------------------------------------------
     def prefix_level(self, p: Shares, g: Shares, level: PrefixLevel) -> tuple[Shares, Shares]:
@@ -285,18 +305,20 @@ class PondProtocol(Protocol):
         """
         k = self.kernels
         shift = level.shift
-        u, v, uv, uu = self.dealer.prefix_triples(self.shape(p), shift, level.with_propagate)
+        shape = self.shape(p)
+        u, v, uv, uu = self.dealer.prefix_triples(shape, shift, level.with_propagate)
         keep_p, keep_g = self.constant(level.open_p), self.constant(level.open_g)
         views = self._open(
             [
                 self.local(lambda pi, ui: k.bitwise_and(k.bitwise_xor(pi, ui), keep_p), p, u),
                 self.local(lambda gi, vi: k.bitwise_and(k.bitwise_xor(gi, vi), keep_g), g, v),
             ],
-            xor=True,
+            kinds=True,
             widths=(popcount(level.open_p), popcount(level.open_g)),
         )
-        new_g, new_p = [], []
-        for party in (0, 1):
+        new_g: list[Tensor | None] = [None, None]
+        new_p: list[Tensor | None] = [None, None]
+        for party in self._local:
             e_p, e_g = views[party]
             shifted_e_g = self.shift_left(e_g, shift)
             pg = k.bitwise_xor(
@@ -305,7 +327,7 @@ class PondProtocol(Protocol):
             )
             if party == 0:
                 pg = k.bitwise_xor(pg, k.bitwise_and(e_p, shifted_e_g))
-            new_g.append(k.bitwise_xor(g[party], pg))
+            new_g[party] = k.bitwise_xor(g[party], pg)
             if level.with_propagate:
                 shifted_e_p = self.shift_left(e_p, shift)
                 pp = k.bitwise_xor(
@@ -314,8 +336,9 @@ class PondProtocol(Protocol):
                 )
                 if party == 0:
                     pp = k.bitwise_xor(pp, k.bitwise_and(e_p, shifted_e_p))
-                new_p.append(pp)
-        return tuple(new_g), (tuple(new_p) if level.with_propagate else p)
+                new_p[party] = pp
+        g_out = self._pack(new_g, shape)
+        return g_out, (self._pack(new_p, shape) if level.with_propagate else p)
 
     def negative_bit(self, x: Shares) -> Shares:
         return self.negative_bit_with_mask(x)[0]
@@ -328,23 +351,35 @@ class PondProtocol(Protocol):
         are local. Since x - (-r) = c, -r is a Beaver mask of x with opened c.
         """
         k = self.kernels
-        r_value, r, r_xor = self.dealer.edabits(self.shape(x))
+        shape = self.shape(x)
+        r_value, r, r_xor = self.dealer.edabits(shape)
         levels = self.local_levels
-        monomials = self.dealer.bit_monomials(r_value, monomials_of_local_levels(levels))
+        monomials = self.dealer.bit_monomials(r_value, shape, monomials_of_local_levels(levels))
         views = self._open([self.local(k.add, x, r)])
-        generate, propagate, initial = [], [], []
-        for party in (0, 1):
+        generate: list[Tensor | None] = [None, None]
+        propagate: list[Tensor | None] = [None, None]
+        initial: list[Tensor | None] = [None, None]
+        for party in self._local:
             (c,) = views[party]
             g, p = self._initial_polynomials(c)
             g_local, p_local = local_prefix_levels(g, p, levels)
             own = {key: shares[party] for key, shares in monomials.items()}
-            generate.append(g_local.evaluate(party, r_xor[party], own))
-            propagate.append(p_local.evaluate(party, r_xor[party], own))
-            initial.append(p.evaluate(party, r_xor[party], own))
+            generate[party] = g_local.evaluate(party, r_xor[party], own)
+            propagate[party] = p_local.evaluate(party, r_xor[party], own)
+            initial[party] = p.evaluate(party, r_xor[party], own)
         bit = msb_of_sum(
-            self, tuple(generate), tuple(propagate), tuple(initial), first_level=levels
+            self,
+            self._pack(generate, shape),
+            self._pack(propagate, shape),
+            self._pack(initial, shape),
+            first_level=levels,
         )
-        mask = OperandMask(k.neg(r_value), (k.neg(r[0]), k.neg(r[1])), (views[0][0], views[1][0]))
+        neg_r = self.local(k.neg, r)
+        mask = OperandMask(
+            None if r_value is None else k.neg(r_value),
+            neg_r,
+            (_item(views[0], 0), _item(views[1], 0)),
+        )
         return bit, mask
 
     def _initial_polynomials(self, c: Tensor) -> tuple[PublicPolynomial, PublicPolynomial]:
@@ -365,9 +400,13 @@ class PondProtocol(Protocol):
 
     def bit_to_arithmetic(self, bit: Shares) -> Shares:
         k = self.kernels
-        b_xor, b_arith = self.dealer.random_bit(self.shape(bit))
+        shape = self.shape(bit)
+        b_xor, b_arith = self.dealer.random_bit(shape)
         views = self._open_bits([self.local(k.bitwise_xor, bit, b_xor)], [])
-        return tuple(self._injected(party, views[party][0], b_arith) for party in (0, 1))
+        out: list[Tensor | None] = [None, None]
+        for party in self._local:
+            out[party] = self._injected(party, views[party][0], b_arith)
+        return self._pack(out, shape)
 
     def _injected(self, party: int, d: Tensor, b_arith: Shares) -> Tensor:
         """Party `party`'s additive share of d XOR b = d + (1 - 2d) b, for public d."""
@@ -396,21 +435,36 @@ class PondProtocol(Protocol):
         mask_values = [
             made[fresh.index(j)][0] if j in fresh else resolved_old[j][0] for j in range(len(xs))
         ]
-        b_xor, b_arith, ab = self.dealer.bit_products(self.shape(bit), mask_values)
+        bit_shape = self.shape(bit)
+        b_xor, b_arith, ab = self.dealer.bit_products(
+            bit_shape, mask_values, [self.shape(x) for x in xs]
+        )
         views = self._open_bits(
             [self.local(k.bitwise_xor, bit, b_xor)],
             [self.local(k.sub, xs[j], a) for j, (_, a) in zip(fresh, made)],
         )
         for position, (j, (value, shares)) in enumerate(zip(fresh, made)):
-            opened = (views[0][1 + position], views[1][1 + position])
+            opened = (_item(views[0], 1 + position), _item(views[1], 1 + position))
             masks[j] = OperandMask(value, shares, opened)
-        outs: list[list[Tensor]] = [[] for _ in xs]
-        for party in (0, 1):
+        outs: list[list[Tensor | None]] = [[None, None] for _ in xs]
+        bit_arith: list[Tensor | None] = [None, None]
+        for party in self._local:
             d = views[party][0]
             one_minus_2d = k.sub(self.constant(1), self.shift_left(d, 1))
             for j, x in enumerate(xs):
                 _, _, f = masks[j].resolve()
                 xb = k.add(k.mul(f[party], b_arith[party]), ab[j][party])
-                outs[j].append(k.add(k.mul(d, x[party]), k.mul(one_minus_2d, xb)))
-        bit_arith = tuple(self._injected(party, views[party][0], b_arith) for party in (0, 1))
-        return [tuple(o) for o in outs], bit_arith, masks
+                outs[j][party] = k.add(k.mul(d, x[party]), k.mul(one_minus_2d, xb))
+            bit_arith[party] = self._injected(party, d, b_arith)
+        products = [self._pack(o, _broadcast(self.shape(x), bit_shape)) for o, x in zip(outs, xs)]
+        return products, self._pack(bit_arith, bit_shape), masks
+
+
+def _item(view: list[Tensor] | None, index: int) -> Tensor | None:
+    return None if view is None else view[index]
+
+
+def _broadcast(a, b) -> tuple[int, ...]:
+    import numpy as np
+
+    return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
