@@ -26,6 +26,8 @@ Notes:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
 import os
 import warnings
@@ -250,6 +252,9 @@ class FederatedEngine(Engine):
 
     def _aggregator(self) -> aggregation.Aggregator:
         name = aggregation.SECURE if self.policy.secure_aggregation else aggregation.PLAIN
+        if name not in aggregation.AGGREGATORS and name == aggregation.SECURE:
+            with contextlib.suppress(ImportError):  # registers itself when it ships
+                importlib.import_module("privkeras.backends.federated.secagg")
         if name not in aggregation.AGGREGATORS:
             raise CapabilityError(
                 "Federated(secure_aggregation=True) needs the secure aggregation "
