@@ -104,6 +104,12 @@ class FederatedEngine(Engine):
         self._job: JobSpec | None = None
         self._job_owners: tuple[str, ...] = ()
 
+    @classmethod
+    def training_data_from_arrays(cls, x: Any, y: Any) -> tuple[Any, Any]:
+        """The caller's rows as two simulated owners (what `fit` takes: a `FederatedData`)."""
+        half = len(x) // 2
+        return FederatedData.simulate([(x[:half], y[:half]), (x[half:], y[half:])]), None
+
     # -- fit --------------------------------------------------------------------------------
     def fit(
         self,
