@@ -45,6 +45,7 @@ shared by the team, so only same-run ratios mean much.
 
 from __future__ import annotations
 
+import collections
 import os
 import statistics
 import time
@@ -324,7 +325,12 @@ class _Workload:
         return rows
 
     def full_batch(self) -> list[dict[str, Any]]:
-        """4,096 rows: the engine's plan on an EvaluationPool vs TenSEAL batched, interleaved."""
+        """4,096 rows: the engine's route on an EvaluationPool vs TenSEAL batched, interleaved.
+
+        The `auto` server plans every round as the engine does (cost model
+        corrected by the times it measured, `HEServer.record`); the other
+        rows force a route: each executor on the pool, or one process.
+        """
         from privkeras.backends.he import HEServer
         from privkeras.backends.he.parallel import EvaluationPool
 
@@ -335,68 +341,84 @@ class _Workload:
             for pool in pools.values():
                 pool.start()
             runs = {
-                f"privkeras {name}": self._full_batch_run(HEServer(self.model, pool=pool), x)
-                for name, pool in pools.items()
+                "auto": self._full_batch_run(HEServer(self.model, pool=pools["auto"]), x, None),
+                "threads": self._full_batch_run(
+                    HEServer(self.model, pool=pools["threads"]), x, pools["threads"].workers
+                ),
+                "processes": self._full_batch_run(
+                    HEServer(self.model, pool=pools["processes"]), x, pools["processes"].workers
+                ),
+                "one process": self._full_batch_run(HEServer(self.model), x, 1),
+                "tenseal": lambda: (self.baseline.batched(x), None),
             }
-            runs["privkeras one process"] = self._full_batch_run(HEServer(self.model), x)
-            runs["tenseal"] = lambda: (self.baseline.batched(x), None)
             seconds = _interleaved(runs, rounds=2 if self.quick else 5)
             chosen = pools["auto"].describe()
         finally:
             for pool in pools.values():
                 pool.close()
-        base = seconds.pop("tenseal")
-        rows = []
-        for name, (times, plan) in seconds.items():
-            executor = name.split(" ", 1)[1]
-            rows.append(
-                self._row(
-                    f"throughput b{FULL_BATCH}" + ("" if executor == "auto" else f" {executor}"),
-                    "samples_per_s",
-                    FULL_BATCH / statistics.median(times),
-                    "1/s",
-                    FULL_BATCH / statistics.median(base[0]),
-                    paired_ratio=statistics.median(b / t for b, t in zip(base[0], times)),
-                    rounds=len(times),
-                    block=plan.block,
-                    groups=plan.groups,
-                    privkeras_workers=plan.workers,
-                    executor=(chosen["executor"] if executor == "auto" else executor)
-                    if plan.workers > 1
-                    else "in-process",
-                    thread_speedup_measured=chosen["thread_speedup"],
-                )
-            )
-        return rows
+        base = seconds.pop("tenseal")[0]
+        return [self._full_batch_row(name, *seconds[name], base, chosen) for name in seconds]
 
-    def _full_batch_run(self, server: Any, x: np.ndarray):
-        """A timed callable: the engine's path for `x` on `server` (its plan, its pool)."""
+    def _full_batch_row(
+        self, name: str, times: list[float], plans: list[Any], base: list[float], chosen: dict
+    ) -> dict[str, Any]:
+        plan = collections.Counter(plans).most_common(1)[0][0]
+        ran = (chosen["executor"] if name == "auto" else name) if plan.parallel else None
+        return self._row(
+            f"throughput b{FULL_BATCH}" + ("" if name == "auto" else f" {name}"),
+            "samples_per_s",
+            FULL_BATCH / statistics.median(times),
+            "1/s",
+            FULL_BATCH / statistics.median(base),
+            paired_ratio=statistics.median(b / t for b, t in zip(base, times)),
+            rounds=len(times),
+            routes=[f"block {p.block} x{p.groups} on {p.workers}" for p in plans],
+            block=plan.block,
+            groups=plan.groups,
+            privkeras_workers=plan.workers,  # concurrent evaluations, main process included
+            privkeras_processes=1 + (plan.workers - 1 if ran == "processes" else 0),
+            privkeras_threads=plan.workers if ran == "threads" else 1,
+            executor=ran or "in-process",
+            thread_speedup_measured=chosen["thread_speedup"],
+        )
+
+    def _full_batch_run(self, server: Any, x: np.ndarray, workers: int | None):
+        """A timed callable running `x` the engine's way: plan, run, record the time.
+
+        `workers` forces a route; None lets the server choose, as the engine does.
+        """
         from privkeras.backends.he import EncryptedBatch
 
-        plan = server.plan(len(x))
-        spec = server.packing(block=plan.block)
-        public = self.client.public_context(spec)
         client = self.client
 
-        def groups():
-            for start in range(0, len(x), spec.block):
-                data = client.encrypt_to_bytes(x[start : start + spec.block], spec)
-                yield EncryptedBatch.from_bytes(data, public, load=False)
-
-        def run():
-            start = time.perf_counter()
+        def run(route: int | None = workers):
+            plan = server.plan(len(x), workers=route)
+            spec = server.packing(block=plan.block)
+            public = client.public_context(spec)
+            starts = range(0, len(x), spec.block)
+            begin = time.perf_counter()
             if plan.parallel:
-                outputs = server.evaluate_many(groups(), public)
+                groups = (
+                    EncryptedBatch.from_bytes(
+                        client.encrypt_to_bytes(x[s : s + spec.block], spec), public, load=False
+                    )
+                    for s in starts
+                )
+                outputs = server.evaluate_many(groups, public)
             else:
                 outputs = (
                     server.evaluate(client.encrypt(x[s : s + spec.block], spec), public)
-                    for s in range(0, len(x), spec.block)
+                    for s in starts
                 )
             for out in outputs:
                 client.decrypt(out, spec)
-            return time.perf_counter() - start, plan
+            seconds = time.perf_counter() - begin
+            server.record(plan, seconds)
+            return seconds, plan
 
-        run()  # encodes the weights, warms the workers
+        # Warm-up: encodes the weights, starts the workers, and measures each route once.
+        for route in [workers] if workers is not None else [1, server.pool.workers]:
+            run(route)
         return run
 
     def sizes(self) -> list[dict[str, Any]]:
@@ -485,17 +507,16 @@ class _Workload:
         ]
 
 
-def _interleaved(runs: dict[str, Any], rounds: int) -> dict[str, tuple[list[float], Any]]:
-    """Each callable once per round, the order rotating every round: `(seconds, plan)` each."""
+def _interleaved(runs: dict[str, Any], rounds: int) -> dict[str, tuple[list[float], list]]:
+    """Each callable once per round, the order rotating every round: `(seconds, plans)` each."""
     names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    plans: dict[str, Any] = {}
+    results: dict[str, tuple[list[float], list]] = {name: ([], []) for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             seconds, plan = runs[name]()
-            times[name].append(seconds)
-            plans[name] = plan
-    return {name: (times[name], plans[name]) for name in names}
+            results[name][0].append(seconds)
+            results[name][1].append(plan)
+    return results
 
 
 def _workload(kind: str, quick: bool) -> list[dict[str, Any]]:

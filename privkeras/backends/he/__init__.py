@@ -26,8 +26,9 @@ from privkeras.backends.he.errors import (
 )
 from privkeras.backends.he.parallel import EvaluationPool
 from privkeras.backends.he.params import CKKSParameters, select_parameters
+from privkeras.backends.he.planning import ExecutionPlan
 from privkeras.backends.he.program import HEGraph, PackingSpec
-from privkeras.backends.he.server import ExecutionPlan, HEServer
+from privkeras.backends.he.server import HEServer
 
 __all__ = [
     "CKKSParameters",

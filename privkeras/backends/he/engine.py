@@ -19,7 +19,8 @@ from privkeras.backends.he.errors import HEInputError
 from privkeras.backends.he.layout import next_power_of_two
 from privkeras.backends.he.parallel import EvaluationPool, available_cores
 from privkeras.backends.he.params import CKKSParameters
-from privkeras.backends.he.server import ExecutionPlan, HEServer
+from privkeras.backends.he.planning import ExecutionPlan
+from privkeras.backends.he.server import HEServer
 from privkeras.backends.registry import register_engine
 from privkeras.errors import CapabilityError
 from privkeras.layers.polynomial import PolynomialActivation
@@ -137,6 +138,7 @@ class HEEngine(Engine):
                 yield batch
 
         outputs = []
+        pool_was_running = plan.parallel and self._pool.started
         began = time.perf_counter()
         results = (
             server.evaluate_many(encrypted(), public)
@@ -152,6 +154,8 @@ class HEEngine(Engine):
                 on_batch("end", step, y)
         wall = time.perf_counter() - began
         timings["evaluate"] = wall - timings["encrypt"] - timings["decrypt"]
+        start_up = 0.0 if not plan.parallel or pool_was_running else self._pool.start_seconds
+        server.record(plan, wall - start_up)
         self.last_run = {
             "samples": len(x),
             "block": plan.block,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Iterator
@@ -15,31 +14,11 @@ from privkeras.backends.he.cost import program_cost
 from privkeras.backends.he.errors import ContextMismatchError, HEInputError, SecretKeyError
 from privkeras.backends.he.layout import next_power_of_two
 from privkeras.backends.he.params import CKKSParameters, select_parameters
+from privkeras.backends.he.planning import ExecutionPlan, RouteMeasurements
 from privkeras.backends.he.program import HEGraph, PackedProgram, PackingSpec
 from privkeras.policies import HE
 
 __all__ = ["ExecutionPlan", "HEServer"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ExecutionPlan:
-    """How a server will run `n_samples` rows: packing, groups, and where.
-
-    Args:
-        block: Samples per ciphertext group (the packing).
-        groups: Ciphertext groups for `n_samples` rows.
-        workers: Groups evaluated at once (1: in this process, serially).
-        estimated_ms: The cost model's estimate, pool start-up included.
-    """
-
-    block: int
-    groups: int
-    workers: int
-    estimated_ms: float
-
-    @property
-    def parallel(self) -> bool:
-        return self.workers > 1
 
 
 class HEServer:
@@ -92,6 +71,7 @@ class HEServer:
         self._costs: dict[tuple[int, int, int], float] = {}
         self._max_programs = max_programs
         self.pool = pool
+        self.routes = RouteMeasurements()
 
     @property
     def depth(self) -> int:
@@ -119,16 +99,21 @@ class HEServer:
             )
         return self._costs[key]
 
-    def plan(self, n_samples: int, block: int | None = None) -> ExecutionPlan:
-        """The fastest way to run `n_samples` rows, by the cost model (see `cost`).
+    def plan(
+        self, n_samples: int, block: int | None = None, workers: int | None = None
+    ) -> ExecutionPlan:
+        """The fastest way to run `n_samples` rows, by the cost model and measurements.
 
         Every block size from a sixteenth of the batch to N/2 is priced in
         this process and, when the server has a pool with several workers,
-        on the pool (its start-up included until it has started).
+        on the pool (its start-up included until it has started); routes are
+        compared by what they were measured to take here (`record`; see
+        `planning`).
 
         Args:
             n_samples: Rows to classify.
             block: Fix the packing instead of choosing it.
+            workers: Fix the route: 1 in this process, or the pool's size.
         """
         n_samples = max(1, int(n_samples))
         slots = self.parameters.slots
@@ -137,17 +122,25 @@ class HEServer:
             blocks = [smallest << i for i in range((slots // smallest).bit_length())]
         else:
             blocks = [block]
-        options = [(self._cost(n_samples, b, 1), b, 1) for b in blocks]
-        workers = getattr(self.pool, "workers", 1)
-        if workers > 1:
-            start_ms = 1e3 * self.pool.expected_start_seconds()
-            options += [
-                (self._cost(n_samples, b, workers) + start_ms, b, workers)
-                for b in blocks
-                if math.ceil(n_samples / b) > 1
-            ]
-        estimated, best, used = min(options)
-        return ExecutionPlan(best, math.ceil(n_samples / best), used, estimated)
+        pool_size = getattr(self.pool, "workers", 1)
+        routes = [1] if pool_size <= 1 else [1, pool_size]
+        if workers is not None:
+            routes = [w for w in routes if w == workers] or [1]
+        candidates = []
+        for used in routes:
+            start = 0.0 if used == 1 else self.pool.expected_start_seconds()
+            for b in blocks:
+                groups = math.ceil(n_samples / b)
+                if used == 1 or groups > 1:
+                    model_ms = self._cost(n_samples, b, used)
+                    candidates.append(ExecutionPlan(b, groups, used, model_ms, start))
+        if not candidates:  # the pool forced on a batch that is one group
+            candidates = [ExecutionPlan(b, 1, 1, self._cost(n_samples, b, 1)) for b in blocks]
+        return self.routes.choose(candidates)
+
+    def record(self, plan: ExecutionPlan, seconds: float) -> None:
+        """Tells the planner what running `plan` took (wall-clock, pool start-up excluded)."""
+        self.routes.record(plan, seconds)
 
     def choose_block(self, n_samples: int) -> int:
         """The block size with the lowest estimated time for `n_samples` (see `plan`)."""

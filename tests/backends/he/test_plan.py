@@ -5,6 +5,7 @@ import pytest
 
 from privkeras.backends.he import EncryptedBatch, HEClient, HEServer
 from privkeras.backends.he.errors import ContextMismatchError
+from privkeras.backends.he.planning import REFRESH
 
 
 class _PlanningPool:
@@ -35,7 +36,7 @@ def test_a_started_pool_takes_a_full_batch_and_small_ones_stay_in_process(mlp):
     server = HEServer(mlp, pool=_PlanningPool(workers=2, start_seconds=0.0))
     full = server.plan(4096)
     assert full.parallel and full.groups >= 2 and full.workers == 2
-    assert full.estimated_ms < HEServer(mlp).plan(4096).estimated_ms
+    assert full.estimated_seconds < HEServer(mlp).plan(4096).estimated_seconds
     assert not server.plan(1).parallel  # one group: nothing to share
     assert not server.plan(64).parallel
 
@@ -45,6 +46,21 @@ def test_start_up_is_priced_until_the_pool_runs(mlp):
     assert not idle.plan(4096).parallel  # a minute of start-up never pays for one batch
     fixed = HEServer(mlp, pool=_PlanningPool(workers=2, start_seconds=0.0)).plan(4096, block=512)
     assert fixed.block == 512 and fixed.groups == 8 and fixed.parallel
+
+
+def test_measured_times_overrule_the_model_and_its_choice_is_measured_again(mlp):
+    server = HEServer(mlp, pool=_PlanningPool(workers=2, start_seconds=0.0))
+    modelled = server.plan(4096)
+    assert modelled.parallel
+    server.record(modelled, 10.0 * modelled.model_ms * 1e-3)  # a busy machine: 10x slower
+    serial = server.plan(4096, workers=1)
+    server.record(serial, serial.model_ms * 1e-3)
+    chosen = [server.plan(4096) for _ in range(3)]
+    assert not any(plan.parallel for plan in chosen)  # the measurements win
+    for _ in range(REFRESH - 1):
+        server.record(server.plan(4096), serial.model_ms * 1e-3)
+    assert server.plan(4096).parallel  # the model's choice, measured again
+    assert server.plan(4096, workers=1).workers == 1  # a forced route stays forced
 
 
 def test_evaluate_many_without_a_pool_is_evaluate_in_order(small_model):
