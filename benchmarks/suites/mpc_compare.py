@@ -8,7 +8,8 @@ MLP without ReLU, so that the share of the comparisons (ReLU) shows:
 (`vs_pond_torch`, `vs_crypten`, `vs_spu`) are medians of per-round ratios.
 
 - privkeras: pond/torch, aby3/torch and pond/tfe through `compile(privacy=MPC(...))`
-  and `predict`, model shared once (as a server holds it), torch on one thread.
+  and `predict`, model shared once (as a server holds it), torch and
+  TensorFlow on one thread each (TensorFlow's where not yet initialized).
 - CrypTen 0.4.1: `crypten.cryptensor` matmuls and `relu`, one process
   (world size 1), weights encrypted once, torch on one thread.
 - SPU: SEMI2K (2 parties, against pond) and ABY3 (3 parties, against aby3),
@@ -241,10 +242,17 @@ def _rows(per_round, workers, errors) -> list[dict]:
 
 def run(quick: bool) -> list[dict]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
+    import tensorflow as tf
     import torch
 
     torch.set_num_threads(1)
+    try:  # one compute thread per framework, as CrypTen and SPU get
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialized by an earlier suite
+        pass
+    import keras
+
     keras.utils.set_random_seed(0)
     reference = keras.Sequential(_layers(True))
     weights = [w.astype(np.float32) for w in reference.get_weights()]
@@ -289,4 +297,5 @@ def run(quick: bool) -> list[dict]:
     for r in rows:
         r["note"] = note
         r["python"] = sys.version.split()[0]
+        r["tensorflow_intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
     return rows
