@@ -19,8 +19,9 @@ Rows per workload:
   shows what the block packing adds.
 - `throughput b4096` (MLP): a full batch, 4,096 rows in N/2 = 4,096 slots,
   encrypt + evaluate + decrypt, against TenSEAL's batched `CKKSTensor` path
-  on the same rows, in interleaved rounds (median of each, and the median of
-  the per-round ratios). privkeras runs the way the engine does: the
+  on the same rows, in interleaved rounds: `value` and `baseline` from the
+  median times, `paired_ratio` the median of the per-round speed-ups (the
+  robust one on a shared machine), every round's times kept. privkeras runs the way the engine does: the
   server's `plan` picks packing and workers, an `EvaluationPool` (started
   before timing; its executor chosen by measuring thread scaling) evaluates
   the groups while the client encrypts the next, ciphertexts crossing as
@@ -351,7 +352,7 @@ class _Workload:
                 "one process": self._full_batch_run(HEServer(self.model), x, 1),
                 "tenseal": lambda: (self.baseline.batched(x), None),
             }
-            seconds = _interleaved(runs, rounds=2 if self.quick else 5)
+            seconds = _interleaved(runs, rounds=2 if self.quick else 7)
             chosen = pools["auto"].describe()
         finally:
             for pool in pools.values():
@@ -372,6 +373,8 @@ class _Workload:
             FULL_BATCH / statistics.median(base),
             paired_ratio=statistics.median(b / t for b, t in zip(base, times)),
             rounds=len(times),
+            seconds=times,
+            baseline_seconds=base,
             routes=[f"block {p.block} x{p.groups} on {p.workers}" for p in plans],
             block=plan.block,
             groups=plan.groups,
