@@ -7,7 +7,7 @@ working.
 
 from __future__ import annotations
 
-from privkeras.errors import PrivacyPolicyError, PrivkerasError
+from privkeras.errors import InvalidInputError, PrivacyPolicyError, PrivkerasError
 
 __all__ = [
     "ContextMismatchError",
@@ -29,5 +29,9 @@ class ContextMismatchError(PrivkerasError, ValueError):
     """Ciphertexts, keys or packing specs that belong to different contexts were mixed."""
 
 
-class HEInputError(PrivkerasError, ValueError):
-    """Inputs of the wrong shape, or with NaN or infinite values."""
+class HEInputError(InvalidInputError):
+    """Inputs the HE roles cannot take: wrong shape, NaN or infinite values, or bytes
+    from the other role that are not a well-formed message of the kind expected.
+
+    An `InvalidInputError`, the type every engine raises for bad input.
+    """
