@@ -194,10 +194,10 @@ def run(args: argparse.Namespace) -> int:
     service = OwnerService(args.name, x, y, rules)
     node = options.node_from_args(args, name=args.name)
     register_owner_methods(node, service)
-    if "mpc" in rules.allow:
-        logger.info(
-            "worker %r allows mpc: secret-sharing requests are served when installed", args.name
-        )
+    from privkeras.backends.mpc.owners import OwnerShareService
+
+    # MPC jobs secret-share the rows straight to the compute parties (refused without --allow mpc).
+    OwnerShareService(args.name, x, y, node, allowed="mpc" in rules.allow, timeout=args.timeout)
     logger.info(
         "worker %r holds %d rows of shape %s; allows %s; budget %s",
         args.name,

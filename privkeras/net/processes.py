@@ -246,6 +246,8 @@ class LocalCluster(LocalProcesses):
         extra: Extra `{name: address}` entries for the cluster file (the
             driver's own node, if it serves).
         name_flag: The flag that passes a node's name (`--name`, `--id`).
+        extra_certificates: More names to make certificates for in the same
+            CA (processes started later with `start`, e.g. data owners' workers).
         workdir: As for `LocalProcesses`.
         ready_timeout: Seconds each node has to start serving.
     """
@@ -261,6 +263,7 @@ class LocalCluster(LocalProcesses):
         name_flag: str | None = "--name",
         workdir: str | os.PathLike | None = None,
         ready_timeout: float = 60.0,
+        extra_certificates: Iterable[str] = (),
     ):
         super().__init__(workdir)
         if auth not in ("mtls", "token", "insecure"):
@@ -271,6 +274,7 @@ class LocalCluster(LocalProcesses):
         self.extra, self.name_flag, self.ready_timeout = dict(extra or {}), name_flag, ready_timeout
         self.certs_dir = self.workdir / "certs"
         self.cluster_file = self.workdir / "cluster.json"
+        self.extra_certificates = list(extra_certificates)
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -286,7 +290,9 @@ class LocalCluster(LocalProcesses):
         from privkeras.net.cluster import write_cluster_file
 
         if self.auth != "insecure":
-            make_dev_certs(self.certs_dir, [*self.names, self.driver], overwrite=True)
+            make_dev_certs(
+                self.certs_dir, [*self.names, self.driver, *self.extra_certificates], overwrite=True
+            )
         write_cluster_file(self.cluster_file, self.extra)
         errors: list[BaseException] = []
 

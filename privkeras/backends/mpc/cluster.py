@@ -161,7 +161,7 @@ def driver_job(engine: Any, spec: JobSpec) -> Iterator[MPCRuntime]:
         from privkeras.backends.mpc.network import NetworkCluster
 
         cluster = engine.cluster = NetworkCluster(engine.policy)
-    roles = job_owners(spec)
+    roles = [owner for owner in job_owners(spec) if owner not in spec.workers]
     with cluster.job(spec, engine.kernels, roles) as runtime:
         yield runtime
     engine.last_report = cluster.last_report

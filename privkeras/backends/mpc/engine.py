@@ -197,6 +197,28 @@ class MPCEngine(Engine):
         with driver_job(self, spec()) as runtime:
             yield runtime
 
+    def describe_workers(self, data: Any) -> None:
+        """Asks each data owner's `privkeras worker` for its shapes (and max |x|).
+
+        Raises:
+            CapabilityError: Without `MPC(parties=...)`: the in-process runtime
+                cannot receive shares from another process.
+        """
+        data.describe_workers(self._network_cluster().describe_worker)
+
+    def _network_cluster(self) -> Any:
+        from privkeras.backends.mpc.network import NetworkCluster
+
+        if self.cluster is None and getattr(self.policy, "parties", None) is not None:
+            self.cluster = NetworkCluster(self.policy)
+        if not isinstance(self.cluster, NetworkCluster):
+            raise CapabilityError(
+                f"Engine {self.name!r} trains on data owners' workers only with its parties as "
+                "processes: compile with pk.MPC(parties=...) (e.g. pk.mpc.local_cluster). "
+                "Received: parties=None"
+            )
+        return self.cluster
+
     def predict_job(
         self, model: Any, program: SecureProgram, rows: int, batch_size: int, what: str
     ) -> JobSpec:

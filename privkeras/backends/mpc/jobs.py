@@ -107,7 +107,8 @@ class JobSpec:
     """What every role needs to run one job, without anyone's secrets.
 
     Attributes:
-        kind: `"predict"` (also evaluate and validation) or `"fit"`.
+        kind: `"predict"` (also evaluate and validation), `"fit"`, or
+            `"session"` (the low-level API: commands follow, see `session`).
         engine: The engine name (`"mpc-torch"`, `"mpc-tfe"`).
         protocol: `"pond"` or `"aby3"`.
         precision_bits: Fractional bits of the codec.
@@ -123,6 +124,8 @@ class JobSpec:
         sizes: Rows per owner.
         target_shapes: Row shape of each owner's encoded targets.
         schedule: The fit's `Schedule` fields.
+        workers: The data owners that run in their own `privkeras worker`
+            process (name -> address): they share their rows from there.
     """
 
     kind: str
@@ -141,6 +144,7 @@ class JobSpec:
     sizes: tuple[int, ...] = ()
     target_shapes: tuple[tuple[int, ...], ...] = ()
     schedule: dict[str, Any] | None = None
+    workers: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
@@ -181,7 +185,8 @@ class JobSpec:
 
     def check(self) -> None:
         """Validates field types and ranges (a party checks every job before any work)."""
-        _expect(self.kind in ("predict", "fit"), "kind in ('predict', 'fit')", self.kind)
+        kinds = ("predict", "fit", "session")
+        _expect(self.kind in kinds, f"kind in {kinds}", self.kind)
         for name in ("engine", "protocol", "model", "what"):
             _expect(
                 isinstance(getattr(self, name), str), f"{name} to be a string", getattr(self, name)
@@ -206,9 +211,16 @@ class JobSpec:
                 all(_is_shape(s) for s in self.target_shapes), "target shapes", self.target_shapes
             )
             Schedule(**(self.schedule or {}))
+        _expect(
+            isinstance(self.workers, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.workers.items())
+            and set(self.workers) <= set(self.owners),
+            "workers mapping some owners to addresses",
+            self.workers,
+        )
 
     def __post_init__(self):
-        # JSON gives lists: keep tuples so that specs compare and hash as values.
+        # JSON gives lists: keep tuples so that specs compare as values.
         object.__setattr__(self, "input_shape", _tuple(self.input_shape))
         object.__setattr__(self, "owners", tuple(self.owners))
         object.__setattr__(self, "sizes", tuple(self.sizes))

@@ -14,7 +14,7 @@ from typing import Any
 
 from privkeras.errors import PrivacyPolicyError
 
-__all__ = ["LocalPartyCluster", "local_cluster"]
+__all__ = ["LocalPartyCluster", "WorkerHandle", "local_cluster"]
 
 _ROLES = {"pond": ("p0", "p1", "dealer"), "aby3": ("p0", "p1", "p2")}
 
@@ -32,13 +32,16 @@ class LocalPartyCluster:
 
     def __init__(self, protocol: str, processes: Any):
         self.protocol, self.processes = protocol, processes
+        #: Data owners' workers started with the cluster: `SharedData(cluster.owners)`.
+        self.owners: list[WorkerHandle] = []
 
     @property
     def parties(self) -> dict[str, str]:
-        return dict(self.processes.addresses)
+        return {r: a for r, a in self.processes.addresses.items() if r in _ROLES[self.protocol]}
 
     @property
     def pids(self) -> dict[str, int]:
+        """Process ids of the parties and of the owners' workers."""
         return dict(self.processes.pids)
 
     def policy(self, **fields: Any):
@@ -51,12 +54,23 @@ class LocalPartyCluster:
         return f"LocalPartyCluster(protocol={self.protocol!r}, parties={self.parties})"
 
 
+class WorkerHandle:
+    """A data owner's worker started by `local_cluster`: what `SharedData` takes."""
+
+    def __init__(self, name: str, address: str):
+        self.name, self.address = name, address
+
+    def __repr__(self) -> str:
+        return f"WorkerHandle({self.name!r}, {self.address!r})"
+
+
 @contextlib.contextmanager
 def local_cluster(
     protocol: str = "pond",
     tls: bool = True,
     timeout: float = 30.0,
     workdir: str | None = None,
+    owners: dict[str, tuple[Any, Any]] | None = None,
 ) -> Iterator[LocalPartyCluster]:
     """Starts the party processes of `protocol` on loopback; stops them on exit.
 
@@ -67,6 +81,9 @@ def local_cluster(
         timeout: Each party's deadline for every network wait.
         workdir: Where logs, certificates and the cluster file go (a new
             temporary folder, removed on exit, if None).
+        owners: `{name: (x, y)}`: also start one `privkeras worker --allow mpc`
+            per data owner (same CA), whose handles are `.owners`: train on
+            them with `model.fit(pk.SharedData(cluster.owners))`.
 
     Yields:
         A `LocalPartyCluster` whose `.parties` go into `pk.MPC(parties=...)`.
@@ -86,6 +103,7 @@ def local_cluster(
         raise PrivacyPolicyError(
             f"Expected protocol in {sorted(_ROLES)}. Received: protocol={protocol!r}"
         )
+    owners = dict(owners or {})
     processes = LocalCluster(
         _ROLES[protocol],
         command=["party", "--timeout", str(float(timeout))],
@@ -93,8 +111,40 @@ def local_cluster(
         driver=DRIVER,
         name_flag="--id",
         workdir=workdir,
+        extra_certificates=list(owners),
     )
     with processes:
         cluster = LocalPartyCluster(protocol, processes)
+        cluster.owners = _start_workers(processes, owners, timeout)
         with use_credentials(processes.credentials(DRIVER), cluster.parties):
             yield cluster
+
+
+def _start_workers(processes: Any, owners: dict[str, tuple[Any, Any]], timeout: float) -> list:
+    import threading
+
+    import numpy as np
+
+    handles: dict[str, WorkerHandle] = {}
+    errors: list[BaseException] = []
+
+    def start(name: str, data: tuple[Any, Any]) -> None:
+        try:
+            path = processes.workdir / f"{name}.npz"
+            np.savez(path, x=np.asarray(data[0]), y=np.asarray(data[1]))
+            argv = ["worker", "--name", name, "--data", str(path), "--allow", "mpc"]
+            argv += ["--listen", "127.0.0.1:0", "--timeout", str(float(timeout)), "--threads", "1"]
+            argv += processes.credential_flags()
+            child = processes.start(name, argv, ready_timeout=processes.ready_timeout)
+            handles[name] = WorkerHandle(name, child.address)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=item) for item in owners.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [handles[name] for name in owners]

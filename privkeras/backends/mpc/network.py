@@ -52,9 +52,9 @@ DRIVER = "driver"
 _KERNELS = {"mpc-torch": "torch", "mpc-tfe": "tensorflow"}
 
 
-def node_of(role: str) -> str:
-    """The process a role runs in: parties and the dealer in their own, everyone else in the driver."""
-    return role if role in ("p0", "p1", "p2", "dealer") else DRIVER
+def node_of(role: str, workers: Sequence[str] = ()) -> str:
+    """The process a role runs in: parties, the dealer and workers in their own, others in the driver."""
+    return role if role in ("p0", "p1", "p2", "dealer") or role in workers else DRIVER
 
 
 class NetworkCommunicator(Communicator):
@@ -68,6 +68,7 @@ class NetworkCommunicator(Communicator):
         kernels: The runtime's ring kernels (tensors cross as numpy arrays).
         timeout: Seconds any wait may take before `PartyError`.
         outbox: A party's store of messages for the driver, which pulls them.
+        workers: Data owners sharing from their own worker processes.
     """
 
     def __init__(
@@ -79,10 +80,12 @@ class NetworkCommunicator(Communicator):
         kernels: Any,
         timeout: float,
         outbox: Outbox | None = None,
+        workers: Sequence[str] = (),
     ):
         super().__init__(parties, placement)
         self.endpoint, self.job, self.kernels, self.timeout = endpoint, job, kernels, timeout
         self.outbox = outbox
+        self.workers = tuple(workers)
         self.me = endpoint.name
         self._sent: dict[str, int] = {}
         self._received: dict[str, int] = {}
@@ -94,7 +97,7 @@ class NetworkCommunicator(Communicator):
 
     def _post(self, dst_role: str, arrays: list[Any], many: bool) -> Any:
         """Sends (or, to the driver, leaves for it to pull) one message; returns a pending send."""
-        peer = node_of(dst_role)
+        peer = node_of(dst_role, self.workers)
         k = self._next(self._sent, peer)
         meta = {"many": many}
         if peer == DRIVER:
@@ -102,15 +105,18 @@ class NetworkCommunicator(Communicator):
             return None
         return self.endpoint.send_async(peer, self.job, k, arrays, meta, timeout=self.timeout)
 
-    def _take(self, src_role: str, step: str) -> tuple[list[np.ndarray], bool]:
-        peer = node_of(src_role)
+    def _take(
+        self, src_role: str, step: str, timeout: float | None = None
+    ) -> tuple[list[np.ndarray], bool]:
+        peer = node_of(src_role, self.workers)
         k = self._next(self._received, peer)
         if self.me == DRIVER:
             frame = self.endpoint.call(
                 peer, "mpc.pull", meta={"seq": k}, job=self.job, timeout=self.timeout + 5
             )
         else:
-            frame = self.endpoint.recv(peer, self.job, k, timeout=self.timeout, step=step)
+            wait = self.timeout if timeout is None else timeout
+            frame = self.endpoint.recv(peer, self.job, k, timeout=wait, step=step)
         many = frame.meta.get("many")
         if not isinstance(many, bool):
             raise PartyError(f"Party {peer!r} sent a message without its layout ({step}).")
@@ -146,8 +152,8 @@ class NetworkCommunicator(Communicator):
         if send is not None:
             send.result()
 
-    def receive_control(self, src: str, dst: str) -> np.ndarray:
-        return self._take(src, f"control {src} -> {dst}")[0][0]
+    def receive_control(self, src: str, dst: str, timeout: float | None = None) -> np.ndarray:
+        return self._take(src, f"control {src} -> {dst}", timeout)[0][0]
 
 
 def _items(message: Message):
@@ -323,6 +329,7 @@ class _PartyJob:
                 kernels,
                 service.timeout,
                 service.outbox,
+                workers=tuple(self.spec.workers),
             )
             self.runtime = make_runtime(self.spec, kernels, comm)
             party.run_job(self.spec, self.runtime)
@@ -463,28 +470,73 @@ class NetworkCluster(Cluster):
         roles = job_roles(spec.protocol)
         payload = [np.frombuffer(spec.to_json().encode(), dtype=np.uint8)]
         started = []
+        sharing: list[threading.Thread] = []
+        failed: dict[str, BaseException] = {}
         try:
             for role in roles:
                 client.call(role, "mpc.start", payload, job=job, timeout=self.timeout)
                 started.append(role)
+            for index, owner in enumerate(spec.owners):
+                if owner in spec.workers:
+                    sharing.append(
+                        self._worker_shares(spec, job, payload, owner, index, started, failed)
+                    )
             parties = [r for r in roles if r != "dealer"]
             comm = NetworkCommunicator(
-                parties, Placement(driver_roles), client, job, kernels, self.timeout
-            )
+                parties, Placement(driver_roles), client, job, kernels, self.timeout,
+                workers=tuple(spec.workers),
+            )  # fmt: skip
             driver = make_runtime(spec, kernels, comm)
             yield driver
+            for thread in sharing:
+                thread.join(self.timeout + 5)
+            if failed:
+                raise next(iter(failed.values()))
             reports = {
                 role: client.call(role, "mpc.finish", job=job, timeout=self.timeout + 5).meta
                 for role in roles
             }
         except BaseException as error:
-            for role in started:
-                with contextlib.suppress(PrivkerasError):
-                    client.call(
-                        role, "mpc.abort", meta={"reason": str(error)[:400]}, job=job, timeout=2
-                    )
-            raise
+            first = next(iter(failed.values()), None)
+            _abort(client, job, started, str(first or error))
+            if first is None or first is error:
+                raise
+            raise first from error
         self.last_report = _report(driver, reports)
+
+    def describe_worker(self, owner: str, address: str) -> dict[str, Any]:
+        """A worker's `mpc.describe`: rows, row and label shapes, max |x| (nothing else)."""
+        self.client.peers.add(owner, address)
+        return dict(self.client.call(owner, "mpc.describe", timeout=self.timeout).meta)
+
+    def _worker_shares(self, spec, job, payload, owner, index, started, failed) -> threading.Thread:
+        """Asks `owner`'s worker to share its rows with the job's parties (on a thread)."""
+        client = self.client
+        client.peers.add(owner, spec.workers[owner])
+
+        def run() -> None:
+            try:
+                client.call(
+                    owner, "mpc.share", payload, meta={"index": index, "parties": self.addresses},
+                    job=job, timeout=self.timeout + 5,
+                )  # fmt: skip
+            except BaseException as error:
+                failed[owner] = (
+                    error
+                    if isinstance(error, PrivkerasError)
+                    else PartyError(f"Data owner {owner!r} could not share its rows: {error}")
+                )
+                _abort(client, job, started, f"data owner {owner!r} did not share: {error}")
+
+        thread = threading.Thread(target=run, name=f"privkeras-share-{owner}", daemon=True)
+        thread.start()
+        return thread
+
+
+def _abort(client: Any, job: str, roles: Sequence[str], reason: str) -> None:
+    for role in roles:
+        with contextlib.suppress(PrivkerasError):
+            client.call(role, "mpc.abort", meta={"reason": reason[:400]}, job=job, timeout=2)
 
 
 def _report(driver: MPCRuntime, reports: Mapping[str, Mapping[str, Any]]) -> JobReport:

@@ -95,21 +95,34 @@ class SharedData:
     ```
     """
 
-    def __init__(self, parts: Sequence[tuple[Any, Any]], owners: Sequence[str] | None = None):
+    def __init__(self, parts: Sequence[Any], owners: Sequence[str] | None = None):
         parts = list(parts)
         if not parts:
             raise MPCInputError("Expected at least one (x, y) pair. Received: parts=[]")
-        owners = [f"data_owner_{i}" for i in range(len(parts))] if owners is None else list(owners)
+        if owners is None:
+            owners = [
+                _handle_name(part) if _is_handle(part) else f"data_owner_{i}"
+                for i, part in enumerate(parts)
+            ]
+        owners = list(owners)
         if len(owners) != len(parts) or len(set(owners)) != len(owners):
             raise MPCInputError(
                 f"Expected {len(parts)} distinct owner names. Received: owners={owners}"
             )
         self.owners = tuple(str(owner) for owner in owners)
-        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        #: Owners whose rows are in their own `privkeras worker` process: name -> address.
+        self.workers: dict[str, str] = {}
+        self._parts: list[tuple[Any, Any]] = []
+        self._bounds: dict[str, float] = {}
         for owner, part in zip(self.owners, parts):
+            if _is_handle(part):
+                self.workers[owner] = str(part.address)
+                self._parts.append((None, None))  # shapes come from the worker (`describe`)
+                continue
             if not (isinstance(part, (tuple, list)) and len(part) == 2):
                 raise MPCInputError(
-                    f"Expected an (x, y) pair for owner {owner!r}. Received: {type(part).__name__}"
+                    f"Expected an (x, y) pair or a data owner's handle (pk.DataOwner) for owner "
+                    f"{owner!r}. Received: {type(part).__name__}"
                 )
             x = as_float_array(part[0], f"x of {owner!r}")
             y = as_float_array(part[1], f"y of {owner!r}")
@@ -121,7 +134,11 @@ class SharedData:
             require_finite(x, f"x of {owner!r}")
             require_finite(y, f"y of {owner!r}")
             self._parts.append((x, y))
-        shapes = {x.shape[1:] for x, _ in self._parts}
+        if not self.workers:
+            self._check_row_shapes()
+
+    def _check_row_shapes(self) -> None:
+        shapes = {tuple(x.shape[1:]) for x, _ in self._parts}
         if len(shapes) != 1:
             raise MPCInputError(
                 f"Expected every owner's x to have the same row shape. Received: {sorted(shapes)}"
@@ -141,40 +158,91 @@ class SharedData:
         """
         data = cls.__new__(cls)
         data.owners = tuple(owners)
+        data.workers, data._bounds = {}, {}
         data._parts = [
             (Remote((n, *row_shape)), Remote((n, *target)))
             for n, target in zip(sizes, target_shapes)
         ]
         return data
 
+    def describe_workers(self, describe: Callable[[str, str], dict[str, Any]]) -> None:
+        """Learns each worker's shapes (and max |x|) before anything is shared.
+
+        Args:
+            describe: `(owner, address) -> {"rows", "row_shape", "y_shape", "max_abs"}`
+                (the worker's `mpc.describe`).
+
+        Raises:
+            MPCInputError: Naming an owner whose data does not fit the others'.
+        """
+        for index, owner in enumerate(self.owners):
+            if owner not in self.workers:
+                continue
+            info = describe(owner, self.workers[owner])
+            rows = int(info["rows"])
+            self._parts[index] = (Remote((rows, *info["row_shape"])), tuple(info["y_shape"]))
+            self._bounds[owner] = float(info["max_abs"])
+        self._check_row_shapes()
+
+    def encode_worker_targets(self, encode: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Fixes the shape in which each worker will share its labels (as `encode` makes them)."""
+        for index, (x, y) in enumerate(self._parts):
+            if isinstance(x, Remote) and not isinstance(y, Remote):
+                target = encode(np.zeros((1, *y))).shape[1:]
+                self._parts[index] = (x, Remote((len(x), *target)))
+
     def __repr__(self) -> str:
+        if any(x is None for x, _ in self._parts):
+            return f"SharedData(owners={list(self.owners)}, workers={self.workers})"
         sizes = ", ".join(f"{o}: {n}" for o, n in zip(self.owners, self.sizes))
         return f"SharedData({sizes}; rows of shape {self.row_shape})"
 
     @property
     def is_remote(self) -> bool:
-        """Whether the rows live with their owners in other processes."""
-        return isinstance(self._parts[0][0], Remote)
+        """Whether every owner's rows live in another process (a compute party's view)."""
+        return all(isinstance(x, Remote) for x, _ in self._parts)
 
     @property
     def sizes(self) -> tuple[int, ...]:
         """Rows per owner."""
+        self._require_described()
         return tuple(len(x) for x, _ in self._parts)
 
     @property
     def row_shape(self) -> tuple[int, ...]:
+        self._require_described()
         return tuple(self._parts[0][0].shape[1:])
+
+    def _require_described(self) -> None:
+        missing = [o for o, (x, _) in zip(self.owners, self._parts) if x is None]
+        if missing:
+            raise MPCInputError(
+                f"Expected the workers of {missing} to be described first (their data stays "
+                "with them: train them under MPC(parties=...)). Received: no description"
+            )
 
     def __len__(self) -> int:
         return sum(self.sizes)
 
     def input_bound(self) -> float:
         """max |x| over all owners (each owner computes its own; only the max is used)."""
-        return max(float(np.max(np.abs(x), initial=0.0)) for x, _ in self._parts)
+        return max(
+            self._bounds[owner] if isinstance(x, Remote) else float(np.max(np.abs(x), initial=0.0))
+            for owner, (x, _) in zip(self.owners, self._parts)
+        )
 
     def encoded_targets(self, encode: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-        """Each owner's targets as it will share them (raises before anything is shared)."""
-        return [encode(y) for _, y in self._parts]
+        """Each local owner's targets as it will share them (raises before anything is shared)."""
+        return [encode(y) for _, y in self._parts if not isinstance(y, Remote)]
+
+    def target_shapes(
+        self, encode: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[tuple[int, ...], ...]:
+        """The row shape of every owner's encoded targets."""
+        return tuple(
+            tuple(y.shape[1:]) if isinstance(y, Remote) else tuple(encode(y).shape[1:])
+            for _, y in self._parts
+        )
 
     def share(
         self,
@@ -185,19 +253,24 @@ class SharedData:
     ) -> list[tuple[SharedTensor, SharedTensor]]:
         """Has each owner shuffle (locally), encode and secret-share its rows.
 
+        An owner whose rows are elsewhere (a worker, or any owner as a compute
+        party sees it) shares them from its own process; here the shares are
+        received, or nothing happens.
+
         Returns:
             One `(x_shared, y_shared)` pair per owner, in owner order.
         """
         shared = []
-        if self.is_remote:
-            for owner, (x, y) in zip(self.owners, self._parts):
-                shared.append(
-                    (
-                        runtime.share(x, owner=owner, name=f"x of {owner}"),
-                        runtime.share(y, owner=owner, name=f"y of {owner}"),
-                    )
+        for index, (owner, (x, y)) in enumerate(zip(self.owners, self._parts)):
+            if not isinstance(x, Remote):
+                x, y = owner_rows(x, encode(y), shuffle_seed, index, shuffle)
+            shared.append(
+                (
+                    runtime.share(x, owner=owner, name=f"x of {owner}"),
+                    runtime.share(y, owner=owner, name=f"y of {owner}"),
                 )
-            return shared
+            )
+        return shared
         for index, (owner, (x, _), targets) in enumerate(
             zip(self.owners, self._parts, self.encoded_targets(encode))
         ):
@@ -213,3 +286,26 @@ class SharedData:
                 )
             )
         return shared
+
+
+def owner_rows(
+    x: np.ndarray, targets: np.ndarray, shuffle_seed: int | None, index: int, shuffle: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """An owner's rows in the order it shares them (the same rule in the driver and in a worker).
+
+    The row order is the owner's own business, not a secret shared with anyone.
+    """
+    if not shuffle:
+        return x, targets
+    seed = None if shuffle_seed is None else shuffle_seed + index
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[order], targets[order]
+
+
+def _is_handle(part: Any) -> bool:
+    """A data owner's handle (`pk.DataOwner`, or anything with an `address` and a `name`)."""
+    return isinstance(getattr(part, "address", None), str)
+
+
+def _handle_name(part: Any) -> str:
+    return str(getattr(part, "name", None) or part.address)

@@ -85,6 +85,9 @@ class TrainingEngine(Protocol):
     def session(self, spec: Any) -> Any:
         """A context manager giving the runtime one job runs on (see `MPCEngine.session`)."""
 
+    def describe_workers(self, data: SharedData) -> None:
+        """Asks the owners' workers for their shapes (see `MPCEngine.describe_workers`)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPlan:
@@ -144,6 +147,8 @@ def plan_training(
                 "Expected y=None with SharedData (each owner holds its own labels)."
             )
         data = x
+        if data.workers:  # owners in their own processes describe their rows (they keep them)
+            engine.describe_workers(data)
     else:
         if x is None or y is None:
             raise MPCInputError("Expected fit(x, y) with arrays, or fit(SharedData([...])).")
@@ -164,7 +169,8 @@ def plan_training(
         fused=loss.fuses(program.last_activation),
         batch_size=check_batch_size(batch_size),
     )
-    data.encoded_targets(plan.encode_targets)  # every owner checks its labels first
+    data.encode_worker_targets(plan.encode_targets)
+    data.encoded_targets(plan.encode_targets)  # every local owner checks its labels first
     program.check_range(data.input_bound(), engine.runtime.codec)
     return plan
 
@@ -458,6 +464,7 @@ def training_job(engine: TrainingEngine, model: Any, plan: TrainingPlan, schedul
         optimizer=keras.optimizers.serialize(model.optimizer),
         owners=plan.data.owners,
         sizes=plan.data.sizes,
-        target_shapes=tuple(t.shape[1:] for t in plan.data.encoded_targets(plan.encode_targets)),
+        target_shapes=plan.data.target_shapes(plan.encode_targets),
         schedule=dataclasses.asdict(schedule),
+        workers=dict(plan.data.workers),
     )
