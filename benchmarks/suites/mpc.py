@@ -130,11 +130,16 @@ def _inference(layers, workload: str, policy, label: str, x: np.ndarray, repeat:
     secure = _model(layers, policy)
     secure.predict(x, batch_size=BATCH, verbose=0)  # warm-up; shares the weights once
     runtime = secure.engine.runtime
+    dealer = getattr(runtime.protocol, "dealer", None)  # pond's: derived shares are sent, not all
+    dealt = dealer.uncompressed_bytes if dealer is not None else 0
     cost = _cost(runtime, lambda: secure.predict(x, batch_size=BATCH, verbose=0))
+    uncompressed = dealer.uncompressed_bytes - dealt if dealer is not None else None
     seconds = timeit(lambda: secure.predict(x, batch_size=BATCH, verbose=0), repeat, warmup=0)
     plain_seconds = timeit(lambda: plain.predict_on_batch(x), max(repeat, 20), warmup=2)
     error = float(np.max(np.abs(secure.predict(x, verbose=0) - plain.predict_on_batch(x))))
     extra = {**_labels(policy), "max_abs_error_vs_keras": error}
+    if uncompressed is not None:
+        extra["dealer_bytes_if_every_share_were_sent"] = uncompressed
     return _rows(f"{label} {workload}", seconds, plain_seconds, cost, extra)
 
 

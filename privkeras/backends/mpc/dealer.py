@@ -71,6 +71,15 @@ class Dealer:
         self.parties = tuple(parties)
         self.name = name
         self.local = communicator.placement.here(name)
+        #: Bytes a dealer that sent both parties every share would send (the baseline of
+        #: the seed compression; the communicator's `offline_bytes` is what is sent).
+        self.uncompressed_bytes = 0
+
+    def _count(self, shape: Sequence[int], bits: int = 64, values: int = 1) -> None:
+        size = 1
+        for dim in shape:
+            size *= int(dim)
+        self.uncompressed_bytes += 2 * values * ((size * bits + 7) // 8)
 
     # -- building blocks -----------------------------------------------------------
     def _seeded_ring(self, party: int, shape: Sequence[int]) -> Tensor | None:
@@ -83,6 +92,7 @@ class Dealer:
 
     def _random(self, shape: Sequence[int]) -> Shares:
         """Additive (or XOR) shares of a uniformly random word, all from seeds (no bytes sent)."""
+        self._count(shape)
         return Shares((self._seeded_ring(0, shape), self._seeded_ring(1, shape)), shape)
 
     def _value(self, shares: Shares, xor: bool = False) -> Tensor | None:
@@ -106,6 +116,8 @@ class Dealer:
             xor: Per value, whether it is XOR-shared.
         """
         k = self.kernels
+        for shape in shapes:
+            self._count(shape)
         first = [self._seeded_ring(0, shape) for shape in shapes]
         corrections = None
         if self.local:
@@ -204,6 +216,7 @@ class Dealer:
     def random_bit(self, shape: Sequence[int]) -> tuple[Shares, Shares]:
         """A random bit b (int64 0/1) as XOR shares and as additive shares."""
         k = self.kernels
+        self._count(shape, bits=1)
         b_xor = Shares((self._seeded_bits(0, shape), self._seeded_bits(1, shape)), shape)
         (b_arith,) = self._share_known(
             [shape], lambda: [k.bitwise_xor(b_xor[0], b_xor[1])], xor=[False]
@@ -224,6 +237,7 @@ class Dealer:
         (b broadcast).
         """
         k = self.kernels
+        self._count(bit_shape, bits=1)
         b_xor = Shares(
             (self._seeded_bits(0, bit_shape), self._seeded_bits(1, bit_shape)), bit_shape
         )
