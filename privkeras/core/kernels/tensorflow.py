@@ -128,6 +128,8 @@ class TensorFlowKernels(RingKernels):
             lambda t: _limb_tensors(prepare_limb_operand(self, t, side, chunk)),
             [tf.TensorSpec(shape, tf.int64)],
         )
+        if graph is None:
+            return prepare_limb_operand(self, tensor, side, chunk)
         batched, paired = graph(tensor)
         return LimbOperand(side, shape, chunk, tuple(batched), tuple(paired))
 
@@ -144,17 +146,28 @@ class TensorFlowKernels(RingKernels):
             r_op = LimbOperand("right", right.shape, chunk, tuple(rb), tuple(rp))
             return limb_matmul(self, l_op, r_op, chunk)
 
-        return self._graph(key, product, specs)(*tensors)
+        graph = self._graph(key, product, specs)
+        if graph is None:
+            return limb_matmul(self, left, right, chunk)
+        return graph(*tensors)
 
     def _graph(self, key, fn, signature):
-        """A `tf.function` traced once for a fixed input signature, cached by `key`."""
+        """A `tf.function` with a fixed input signature for `key`, from the second request on.
+
+        The first request of a key returns None (run eagerly): tracing costs
+        tens of milliseconds, worth it only for shapes that come back, as a
+        layer's do in every batch.
+        """
         graph = self._graphs.get(key)
         if graph is None:
-            graph = tf.function(
+            if len(self._graphs) >= _MAX_CONSTANTS:
+                return None
+            self._graphs[key] = False  # seen once
+            return None
+        if graph is False:
+            graph = self._graphs[key] = tf.function(
                 fn, input_signature=signature, autograph=False, reduce_retracing=False
             )
-            if len(self._graphs) < _MAX_CONSTANTS:
-                self._graphs[key] = graph
         return graph
 
     @property
