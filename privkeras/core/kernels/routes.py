@@ -66,8 +66,9 @@ __all__ = [
 
 #: A candidate whose first timed run is this many times slower than the best one is dropped.
 ELIMINATION_FACTOR = 2.0
-#: A candidate whose warm-up run is this many times slower than the best warm-up is dropped.
-WARMUP_ELIMINATION_FACTOR = 4.0
+#: A candidate whose warm-up run is this many times slower than the best warm-up is dropped
+#: (lenient: a first call can pay one-time costs, such as oneDNN's JIT or first page faults).
+WARMUP_ELIMINATION_FACTOR = 50.0
 #: Interleaved timed rounds per surviving candidate (the median is compared).
 TIMED_ROUNDS = 3
 #: Products with more multiply-adds than this are timed on a slice of their rows.
