@@ -12,6 +12,8 @@ from privkeras.core.kernels import get_kernels
 k = get_kernels("torch")
 a = k.from_numpy(np.array([2**62], dtype=np.int64))
 k.to_numpy(k.add(a, a))   # array([-9223372036854775808]): wraps mod 2^64
+route = k.matmul_route(w, w)   # "native", "limbs" or "bytes", timed on this machine
+route.reason                   # 'fastest when timed here (native 0.21 ms, limbs ...)'
 ```
 """
 
@@ -26,13 +28,16 @@ from privkeras.core.kernels.base import (
     conv_output_padding,
     matmul_shape,
 )
-from privkeras.core.kernels.limbs import MAX_EXACT_DEPTH
+from privkeras.core.kernels.limbs import KARATSUBA_MAX_DEPTH, MAX_EXACT_DEPTH
+from privkeras.core.kernels.routes import RouteChoice
 
 __all__ = [
+    "KARATSUBA_MAX_DEPTH",
     "KERNEL_LIBRARIES",
     "MATMUL_METHODS",
     "MAX_EXACT_DEPTH",
     "RingKernels",
+    "RouteChoice",
     "as_ring_numpy",
     "conv_output_padding",
     "get_kernels",
