@@ -214,3 +214,15 @@ def test_malformed_jobs_get_typed_errors_and_the_parties_keep_serving(cluster):
     np.testing.assert_array_equal(
         model.predict(X, batch_size=8, verbose=0), local.predict(X, batch_size=8, verbose=0)
     )
+
+
+def test_party_logs_hold_no_share_or_secret_value(cluster):
+    import re
+
+    model = _model(cluster.policy(engine="torch", seed=9, timeout=TIMEOUT))
+    model.predict(X, batch_size=8, verbose=0)
+    for name in cluster.parties:
+        log = cluster.processes.children[name].log_tail(1 << 20)
+        assert "job" in log  # the log does speak of jobs...
+        # ...but never of ring values: shares and masks are uniform 64-bit words (18-20 digits).
+        assert not re.search(r"-?\d{12,}", log), name
