@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 _ONE = np.uint64(0x3FF0000000000000)  # bits of 1.0
+_TWO = np.uint64(0x4000000000000000)  # bits of 2.0
 _MANTISSA = np.uint64((1 << 52) - 1)
 _SIGN = np.uint64(1 << 63)
 _ULP = 2.0**-52
@@ -86,16 +87,38 @@ _ULP = 2.0**-52
 FUNCTION_ERROR = 2.0**-48
 #: Uniform words per pair of samples on the device route: radius (2) and angle (1).
 DEVICE_WORDS_PER_PAIR = 3
-#: Float32 rounding boundaries are never closer to a float64 v than this relative margin.
-_MARGIN = 2.0**-49
+#: Relative margin for the rounding of `x + std N` in float64 and of the interval's ends:
+#: the step widens each coordinate's bound by `MARGIN * (max|x| + r)`.
+MARGIN = 2.0**-49
 
 
-def _unit_from_bits(words: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """`1 + (low 52 bits) 2^-52`, in [1, 2), exactly (the bits become the mantissa of 1.0)."""
+def _from_bits(words: np.ndarray, exponent: np.uint64, out: np.ndarray) -> np.ndarray:
+    """The low 52 bits of `words` as the mantissa of a float64 with `exponent` bits: exact."""
     bits = out.view(np.uint64)
     np.bitwise_and(words, _MANTISSA, out=bits)
-    np.bitwise_or(bits, _ONE, out=bits)
+    np.bitwise_or(bits, exponent, out=bits)
     return out
+
+
+class HostDraw:
+    """One step's draw of the host route, everything that does not depend on x.
+
+    Attributes:
+        normal: `std N` computed in float64, `(size,)`.
+        error: float32 upper bounds of `|std N - normal|` plus the rounding margin
+            (without the `2^-49 max|x|` term, which depends on x), `(size,)`.
+        words: The random words it was made from: radius words, then angle words.
+    """
+
+    def __init__(self, size: int, pairs: int):
+        self.normal = np.empty(2 * pairs)
+        self.error = np.empty(2 * pairs, dtype=np.float32)
+        self.words = np.empty(2 * pairs, dtype=np.uint64)
+        self.size = size
+
+    def views(self) -> tuple[np.ndarray, np.ndarray]:
+        """`normal` and `error`, `size` long."""
+        return self.normal[: self.size], self.error[: self.size]
 
 
 class ExactGaussianNoise:
@@ -103,24 +126,32 @@ class ExactGaussianNoise:
 
     One pair of uniforms per two coordinates: coordinate `p` takes the
     cosine of pair p and coordinate `pairs + p` its sine. Per pair, 64
-    random bits give the radius uniform `W = 1 - V` (52 bits of V) and two
-    signs, 64 more give the angle uniform `A` (52 bits):
-    `N = (+-r cos(pi A / 2), +-r sin(pi A / 2))`, `r = sqrt(-2 ln W)`, where
-    the signs place the angle in its quadrant. The cosine and sine come from
-    `t = tan(pi A / 4)` (numpy's float64 `sin` and `cos` are 7x slower than
-    `tan` here). Buffers are reused: an output is overwritten `buffers`
-    calls later.
+    random bits give the radius uniform `W = 1 - V` (52 bits of V) and a
+    sign, 64 more the angle uniform `A` (52 bits):
+    `N = (+-r cos(alpha), r sin(alpha))` with `r = sqrt(-2 ln W)` and
+    `alpha = pi (2A - 1) / 2`; the sign puts alpha in the left half-plane.
+    The cosine and sine come from `t = tan(alpha / 2)` (numpy's float64
+    `sin` and `cos` are 7x slower than `tan` here).
+
+    The work is split in two: `draw()` makes everything that does not
+    depend on x (a `HostDraw`: the float64 `std N` and a bound on its
+    error), which can happen ahead of the step, in another thread;
+    `round_exactly(draw, x)` adds x, rounds, and settles (`refine`) the few
+    coordinates whose float32 the bound leaves open, in 0.4 ms for the MLP's
+    270k (TensorFlow's float64 kernels took 3 ms for the same arithmetic in
+    the graph). Draws and outputs rotate through `buffers` buffers.
 
     Args:
         size: Coordinates per call.
         std: Noise standard deviation (the float64 value is raised by 2^-50
             relative, so that rounding never lowers it).
         stream: The keystream source.
-        buffers: How many output arrays to rotate through.
+        buffers: How many draws to rotate through (the one in use, the one
+            ready, the one being drawn).
         max_extra_bits: Random bits a uniform may gain in refinement.
 
     Attributes:
-        refined: Coordinates recomputed in interval arithmetic so far.
+        refined: Coordinates recomputed in extended precision so far.
         failure_per_step: Probability, per call, that some sample needed more
             than `max_extra_bits` (the sampler then rounds its best interval).
     """
@@ -130,129 +161,144 @@ class ExactGaussianNoise:
         size: int,
         std: float,
         stream: SecureStream,
-        buffers: int = 2,
+        buffers: int = 3,
         max_extra_bits: int = 960,
     ):
-        if not (std >= 0 and math.isfinite(std)):
-            raise ValueError(f"Expected std >= 0 and finite. Received: std={std}")
+        if not (1e-100 < std < 1e100):
+            raise ValueError(f"Expected std in (1e-100, 1e100). Received: std={std}")
         self.size = int(size)
         self.std = float(std) * (1.0 + 2.0**-50)
         self.max_extra_bits = int(max_extra_bits)
-        self._stream = stream
+        self.rekey(stream)
         self.pairs = pairs = (self.size + 1) // 2
-        self._words = np.empty(2 * pairs, dtype=np.uint64)
-        self._a = np.empty(pairs)  # scratch, float64
-        self._b = np.empty(pairs)
-        self._radius = np.empty(pairs)
-        self._error = np.empty(pairs)  # |N - N_computed| bound per pair (both coordinates)
-        self._normal = np.empty(2 * pairs)
-        self._v = np.empty(2 * pairs)
-        self._low = np.empty(2 * pairs, dtype=np.float32)
-        self._high = np.empty(2 * pairs, dtype=np.float32)
-        self._outputs = [np.empty(2 * pairs, dtype=np.float32) for _ in range(buffers)]
+        self._draws = [HostDraw(self.size, pairs) for _ in range(buffers)]
         self._next = 0
+        self._a, self._b, self._radius, self._error = (np.empty(pairs) for _ in range(4))
+        self._v, self._e = np.empty(self.size), np.empty(self.size)
+        self._high, self._flags = np.empty(self.size, np.float32), np.empty(self.size, bool)
+        self._outputs = [np.empty(self.size, np.float32) for _ in range(buffers)]
+        self._next_output = 0
         self.refined = 0
         self.failure_per_step = pairs * 2.0 ** -(52 + self.max_extra_bits)
 
-    # -- the float64 pass ------------------------------------------------------------------
-    def _normals(self) -> None:
-        """Fills `_normal` with N computed in float64 and `_error` with a bound per pair."""
-        pairs, words = self.pairs, self._words
+    def rekey(self, stream: SecureStream) -> None:
+        """Draws from `stream` from now on, keeping the buffers (a new run).
+
+        Refinement reads its own fork of `stream`: draws may run in another thread,
+        and a stream is not thread-safe.
+        """
+        self._stream = stream
+        self._refine_stream = stream.fork("refine")
+
+    # -- what does not depend on x ---------------------------------------------------------
+    def draw(self) -> HostDraw:
+        """The next step's `std N` in float64 and the bound on its error."""
+        draw = self._draws[self._next]
+        self._next = (self._next + 1) % len(self._draws)
+        pairs, std, words = self.pairs, self.std, draw.words
         self._stream.fill(words)
         radius_words, angle_words = words[:pairs], words[pairs:]
-        a, b, r, err, normal = self._a, self._b, self._radius, self._error, self._normal
+        a, b, r, err = self._a, self._b, self._radius, self._error
+        cosine, sine = draw.normal[:pairs], draw.normal[pairs:]
         # Radius: W_hi = 1 - k 2^-52 = 2 - (1 + k 2^-52), exact; W in (W_hi - 2^-52, W_hi].
-        _unit_from_bits(radius_words, a)
-        np.subtract(2.0, a, out=a)
+        np.subtract(2.0, _from_bits(radius_words, _ONE, a), out=a)
         np.log(a, out=r)
-        np.multiply(r, -2.0, out=r)
-        np.sqrt(r, out=r)  # r = sqrt(-2 ln W_hi)
+        np.multiply(r, -2.0 * std * std, out=r)
+        np.sqrt(r, out=r)  # r = std sqrt(-2 ln W_hi)
         # |N - N_f| <= dr + r |d cos| with dr <= 2 dL / r, dL <= 2^-51 / (W_hi - 2^-52) (the
-        # cell of W) + 2^-48 L (log's error), |d cos| <= 2^-46.8 (tan's error, the cell of A,
-        # roundings): dr + r |d cos| <= 2^-50 / ((W_hi - 2^-52) r) + 2^-45.9 r. Used: twice the
-        # first term, 1.9x the second.
+        # cell of W) + 2^-48 L (log's error), |d cos| <= 2^-46.7 (tan's error, the cell of A,
+        # roundings): std (dr + r |d cos|) <= 2^-50 std^2 / ((W_hi - 2^-52) r) + 2^-45.8 r
+        # (r here with std folded in). Used: twice the first term, 1.7x the second; plus
+        # 2^-49 r for the rounding of x + std N and the margin (with 2^-49 max|x|, in the step).
         np.subtract(a, _ULP, out=a)
         np.multiply(a, r, out=a)
-        with np.errstate(divide="ignore"):  # W_hi = 2^-52 or r = 0: inf, refined below
-            np.divide(2.0**-49, a, out=err)
-        np.multiply(r, 2.0**-45, out=a)
+        with np.errstate(divide="ignore"):  # W_hi = 2^-52 or r = 0: inf, refined in the step
+            np.divide(2.0**-49 * std * std, a, out=err)
+        np.multiply(r, 2.0**-45 + MARGIN, out=a)
         np.add(err, a, out=err)
-        np.multiply(err, self.std, out=err)
-        # Angle: t = tan(pi A / 4) in [0, 1), A = 52 bits: cos = (1 - t^2) / (1 + t^2), ...
-        _unit_from_bits(angle_words, a)
-        np.subtract(a, 1.0, out=a)  # A, exact
+        # Angle: t = tan(pi (2A - 1) / 4) in [-1, 1): cos = (1 - t^2) / (1 + t^2) >= 0 and
+        # sin = 2t / (1 + t^2) cover the right half-plane; a sign on the cosine, the rest.
+        np.subtract(_from_bits(angle_words, _TWO, a), 3.0, out=a)  # 2A - 1, exact
         np.multiply(a, math.pi / 4.0, out=a)
         np.tan(a, out=a)
         np.multiply(a, a, out=b)
-        cosine, sine = normal[:pairs], normal[pairs:]
         np.subtract(1.0, b, out=cosine)
         np.add(1.0, b, out=b)
         np.divide(r, b, out=b)  # r / (1 + t^2)
         np.multiply(cosine, b, out=cosine)
+        np.add(a, a, out=a)
         np.multiply(a, b, out=sine)
-        np.multiply(sine, 2.0, out=sine)
-        # Signs: bits 63 and 62 of the radius word.
+        sign = np.bitwise_and(radius_words, _SIGN, out=b.view(np.uint64))  # b is free again
         bits = cosine.view(np.uint64)
-        np.bitwise_xor(bits, np.bitwise_and(radius_words, _SIGN), out=bits)
-        bits = sine.view(np.uint64)
-        np.bitwise_xor(bits, np.bitwise_and(np.left_shift(radius_words, 1), _SIGN), out=bits)
+        np.bitwise_xor(bits, sign, out=bits)
+        # The bound per coordinate, in float32: raised by 2^-20 so that its rounding never
+        # lowers it, and at least float32's smallest normal, so that it never flushes to zero.
+        np.multiply(err, 1.0 + 2.0**-20, out=err)
+        np.maximum(err, 2.0**-126, out=err)
+        np.copyto(draw.error[:pairs], err, casting="same_kind")
+        np.copyto(draw.error[pairs:], err, casting="same_kind")
+        return draw
 
-    # -- the noised vector -------------------------------------------------------------------
-    def add(self, x: np.ndarray) -> np.ndarray:
-        """`RN32(x + std * N)` for a float32 vector `x` of `size` coordinates."""
+    # -- what does -----------------------------------------------------------------------------
+    def round_exactly(self, draw: HostDraw, x: np.ndarray) -> np.ndarray:
+        """`RN32(x + std N)` for `draw` and a float32 vector `x`. The output rotates through
+        `buffers` arrays, like the draws."""
         x = np.asarray(x)
         if x.shape != (self.size,) or x.dtype != np.float32:
             raise ValueError(
                 f"Expected a float32 vector of shape ({self.size},). "
                 f"Received: shape={x.shape}, dtype={x.dtype}"
             )
-        self._normals()
-        size, pairs = self.size, self.pairs
-        v, low, high = self._v[:size], self._low[:size], self._high[:size]
-        out = self._outputs[self._next]
-        self._next = (self._next + 1) % len(self._outputs)
-        y = out[:size]
-        np.multiply(self._normal[:size], self.std, out=v)
-        np.add(v, x, out=v)
-        np.copyto(y, v, casting="same_kind")
-        # Bound on |v - (x + std N)| plus the margin: std |dN| + 2^-49 |v|.
-        e = self._normal[:size]  # N is no longer needed: reuse its buffer
-        np.abs(v, out=e)
-        np.multiply(e, _MARGIN, out=e)
-        np.add(e[:pairs], self._error, out=e[:pairs])
-        np.add(e[pairs:], self._error[: size - pairs], out=e[pairs:])
-        np.subtract(v, e, out=low, casting="same_kind")
+        normal, error = draw.views()
+        v, e, high, flags = self._v, self._e, self._high, self._flags
+        y = self._outputs[self._next_output]
+        self._next_output = (self._next_output + 1) % len(self._outputs)
+        np.add(x, normal, out=v)
+        np.add(error, MARGIN * max_abs(x), out=e)
+        # Where both ends' float32 agree, that is the output: the low end's, written at once.
+        np.subtract(v, e, out=y, casting="same_kind")
         np.add(v, e, out=high, casting="same_kind")
-        ambiguous = np.flatnonzero(low != high)
+        ambiguous = np.flatnonzero(np.not_equal(y, high, out=flags))
         if ambiguous.size:
-            self._refine(ambiguous, x, y)
+            y[ambiguous] = self.refine(draw, ambiguous, x[ambiguous])
         return y
 
-    def _refine(self, coordinates: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Settles `coordinates` with 64 more bits per uniform: in long double (64-bit
-        mantissa) for nearly all, then in mpmath interval arithmetic for what remains."""
-        coordinates = coordinates[np.isfinite(x[coordinates])]  # NaN stays NaN
+    def add(self, x: np.ndarray) -> np.ndarray:
+        """`RN32(x + std * N)` with a fresh draw (numpy throughout)."""
+        return self.round_exactly(self.draw(), x)
+
+    def refine(self, draw: HostDraw, coordinates: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """RN32 of `x + std N` at `coordinates` (float32 values of x there), exactly: with 64
+        more bits per uniform in long double (64-bit mantissa) for nearly all, then in
+        mpmath interval arithmetic for what remains. Non-finite x gives x + std N as is."""
+        coordinates = np.asarray(coordinates, dtype=np.int64)
+        x = np.asarray(x, dtype=np.float32)
+        out = (x.astype(np.float64) + draw.normal[coordinates]).astype(np.float32)
+        finite = np.isfinite(x)  # NaN stays NaN
+        coordinates, x_finite = coordinates[finite], x[finite]
         if not coordinates.size:
-            return
+            return out
         self.refined += coordinates.size
-        pairs = np.unique(coordinates % self.pairs)
-        extension = self._stream.fill(np.empty(2 * pairs.size, dtype=np.uint64))
-        row = np.searchsorted(pairs, coordinates % self.pairs)
-        radius_words, angle_words = self._words[pairs][row], self._words[self.pairs + pairs][row]
+        pair_of = coordinates % self.pairs
+        pairs = np.unique(pair_of)
+        extension = self._refine_stream.fill(np.empty(2 * pairs.size, dtype=np.uint64))
+        row = np.searchsorted(pairs, pair_of)
+        radius_words, angle_words = draw.words[pair_of], draw.words[self.pairs + pair_of]
         v_more, a_more = extension[0::2][row], extension[1::2][row]
         sine = coordinates >= self.pairs
-        negative = np.where(sine, radius_words << np.uint64(1), radius_words) >> np.uint64(63)
+        negative = (radius_words >> np.uint64(63)).astype(bool) & ~sine  # the cosine's sign
         values, settled = _extended_precision(
-            x[coordinates], self.std, radius_words & _MANTISSA, v_more, angle_words & _MANTISSA,
-            a_more, sine, negative.astype(bool),
+            x_finite, self.std, radius_words & _MANTISSA, v_more, angle_words & _MANTISSA,
+            a_more, sine, negative,
         )  # fmt: skip
-        y[coordinates[settled]] = values[settled]
         for k in np.flatnonzero(~settled).tolist():
             v_bits = int(radius_words[k] & _MANTISSA) << 64 | int(v_more[k])
             a_bits = int(angle_words[k] & _MANTISSA) << 64 | int(a_more[k])
-            y[coordinates[k]] = self._settle(
-                float(x[coordinates[k]]), v_bits, a_bits, bool(sine[k]), bool(negative[k])
+            values[k] = self._settle(
+                float(x_finite[k]), v_bits, a_bits, bool(sine[k]), bool(negative[k])
             )
+        out[finite] = values
+        return out
 
     def _settle(self, x: float, v_bits: int, a_bits: int, sine: bool, negative: bool):
         """mpmath interval arithmetic, 64 more bits per uniform per round, until certain."""
@@ -262,11 +308,19 @@ class ExactGaussianNoise:
             value = _exact_float32(x, self.std, v_bits, a_bits, bits, sine, negative, last)
             if value is not None:
                 return value
-            more = self._stream.fill(np.empty(2, dtype=np.uint64)).tolist()
+            more = self._refine_stream.fill(np.empty(2, dtype=np.uint64)).tolist()
             v_bits, a_bits, bits = v_bits << 64 | more[0], a_bits << 64 | more[1], bits + 64
 
-    def close(self) -> None:
-        """Nothing to release (symmetry with `NoiseWords`)."""
+
+def max_abs(x: np.ndarray) -> float:
+    """max |x| over the finite values of a float array (0 for none)."""
+    if not x.size:
+        return 0.0
+    top = max(-float(np.minimum.reduce(x)), float(np.maximum.reduce(x)), 0.0)
+    if math.isfinite(top):
+        return top
+    finite = x[np.isfinite(x)]
+    return float(np.abs(finite).max()) if finite.size else 0.0
 
 
 def _exact_float32(x, std, v_bits, a_bits, bits, use_sine, negative, force):
@@ -294,7 +348,7 @@ def _exact_float32_at(x, std, v_bits, a_bits, bits, use_sine, negative, force):
             return None
         w = iv.mpf([scale / 2, w.b])
     radius = iv.sqrt(-2 * iv.log(w))
-    angle = iv.pi / 2 * a
+    angle = iv.pi / 2 * (2 * a - 1)
     normal = radius * (iv.sin(angle) if use_sine else iv.cos(angle))
     value = iv.mpf(x) + iv.mpf(std) * (-normal if negative else normal)
     low, high = (_round_float32(end) for end in value._mpi_)
@@ -322,7 +376,7 @@ def _extended_precision(x, std, v_high, v_low, a_high, a_low, sine, negative):
     # W_top = 1 - (v_high 2^64 + v_low) 2^-116 = ((2^52 - 1 - v_high) + (2^64 - v_low) 2^-64) 2^-52
     w = (_LD(2.0**52 - 1) - v_high.astype(_LD) + (two64 - v_low.astype(_LD)) / two64) * _LD(_ULP)
     r = np.sqrt(-2 * np.log(w))
-    t = np.tan((a_high.astype(_LD) + a_low.astype(_LD) / two64) * _LD(_ULP) * _PI_4)
+    t = np.tan(((a_high.astype(_LD) + a_low.astype(_LD) / two64) * _LD(2.0**-51) - 1) * _PI_4)
     scale = r / (1 + t * t)
     normal = np.where(sine, 2 * t * scale, (1 - t * t) * scale)
     normal = np.where(negative, -normal, normal)

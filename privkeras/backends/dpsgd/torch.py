@@ -192,7 +192,7 @@ class TorchDPTrainer(DPTrainer):
 
     def noised_on_host(self, means):
         flat = self.flatten(means)
-        noised = _host_call(self.take_host, flat.detach().cpu().numpy())
+        noised = _host_call(self.noised_by_host, flat.detach().cpu().numpy())
         return self.unflatten(torch.from_numpy(noised).to(flat.device))
 
     def device_words(self):

@@ -157,14 +157,17 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
             return
         stream = SecureStream()  # keyed from os.urandom
         if self.noise_route == "host":
-            self._noise = noise.ExactGaussianNoise(self._noise_size, self._noise_std, stream)
-            self._host = noise.HostNoise(self._noise.add)
+            if isinstance(self._noise, noise.ExactGaussianNoise):
+                self._noise.rekey(stream)  # the last run's buffers, a new key
+            else:
+                self._noise = noise.ExactGaussianNoise(self._noise_size, self._noise_std, stream)
+            self._host = noise.HostNoise(self._noise.draw, ahead=self.host_draws_ahead)
         else:
             self._noise = noise.NoiseWords(self._noise_size, stream, self.device_word_buffers)
             self._host = noise.HostNoise(self._noise.take, ahead=self.draws_words_ahead())
 
     def end_run(self) -> None:
-        """Releases the background noise thread, if any (after `fit`)."""
+        """Releases the background noise threads, if any (after `fit`)."""
         if self._host is not None:
             self._host.close()
             self._host = None
@@ -190,9 +193,15 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
             "(104-bit radius uniform: tails to 12 sigma), rounded to float32"
         )
 
-    def take_host(self, *args) -> np.ndarray:
-        """The current run's host draw (stable across runs: traced steps call this)."""
-        return self._host.take(*args)
+    def take_host(self) -> Any:
+        """The current run's next host draw (stable across runs: traced steps call this):
+        the device route's words, or the host route's `HostDraw`."""
+        return self._host.take()
+
+    def noised_by_host(self, x: np.ndarray) -> np.ndarray:
+        """The host route: `RN32(x + std N)` for the flat clipped mean x, with this
+        step's draw (drawn ahead)."""
+        return self._noise.round_exactly(self.take_host(), x)
 
     # -- planning ---------------------------------------------------------------------
     def _plan_layer(self, layer: keras.layers.Layer) -> LayerPlan:
@@ -347,7 +356,8 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
 
     @abc.abstractmethod
     def noised_on_host(self, means: list[Any]) -> list[Any]:
-        """`means` noised by the host route (`take_host(flat)`), inside the step."""
+        """`means` noised by the host route inside the step: `noised_by_host` on the flat
+        mean, as numpy."""
 
     @abc.abstractmethod
     def device_words(self) -> Any:
@@ -356,6 +366,9 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
     word_ops: Any = None  # the backend's namespace for `noise.gaussian_from_words`
     #: `NoiseWords` buffers: the one in use, the one ready, the one being drawn.
     device_word_buffers = 3
+    #: Whether the host route draws the next step's `std N` in a background thread (it
+    #: does not depend on the step's gradients) while the step computes.
+    host_draws_ahead = True
 
     @abc.abstractmethod
     def batches(self, source: Any) -> Any:

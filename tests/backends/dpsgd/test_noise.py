@@ -33,6 +33,9 @@ class ConstantStream(SecureStream):
         out.view(np.uint8)[...] = self.byte
         return out
 
+    def fork(self, label):
+        return ConstantStream(self.byte)
+
 
 def _oracle(x: float, std: float, v_bits: int, a_bits: int, bits: int, sine: bool, sign: int):
     """RN32(x + std N) by mpmath interval arithmetic at 4x the precision, from the same bits."""
@@ -41,7 +44,7 @@ def _oracle(x: float, std: float, v_bits: int, a_bits: int, bits: int, sine: boo
     v = iv.mpf([mpf(v_bits) * scale, mpf(v_bits + 1) * scale])
     a = iv.mpf([mpf(a_bits) * scale, mpf(a_bits + 1) * scale])
     r = iv.sqrt(-2 * iv.log(1 - v))
-    angle = iv.pi / 2 * a
+    angle = iv.pi / 2 * (2 * a - 1)
     n = r * (iv.sin(angle) if sine else iv.cos(angle))
     value = iv.mpf(x) + iv.mpf(std) * (-n if sign else n)
     low, high = (noise._round_float32(end) for end in value._mpi_)
@@ -56,12 +59,13 @@ def test_every_coordinate_is_the_correctly_rounded_ideal_mechanism():
     size, std = 400, 0.37
     x = np.random.default_rng(0).normal(scale=0.5, size=size).astype(np.float32)
     sampler = ExactGaussianNoise(size, std, SecureStream(seed=3))
-    y = sampler.add(x).copy()
-    words, pairs, mask = sampler._words, sampler.pairs, (1 << 52) - 1
+    draw = sampler.draw()
+    y = sampler.round_exactly(draw, x)
+    words, pairs, mask = draw.words, sampler.pairs, (1 << 52) - 1
     for i in range(size):
         p = i % pairs
         radius_word, angle_word = int(words[p]), int(words[pairs + p])
-        sign = radius_word >> 63 & 1 if i < pairs else radius_word >> 62 & 1
+        sign = radius_word >> 63 & 1 if i < pairs else 0
         want = _oracle(
             float(x[i]), sampler.std, radius_word & mask, angle_word & mask, 52, i >= pairs, sign
         )
@@ -72,16 +76,15 @@ def test_every_coordinate_is_the_correctly_rounded_ideal_mechanism():
 def test_near_ties_are_refined_with_more_random_bits():
     # Put std * N of coordinate 0 on the float32 midpoint between 1 and 1 + 2^-23.
     probe = ExactGaussianNoise(2, 1.0, SecureStream(seed=8))
-    probe._normals()
     midpoint = 1.0 + 2.0**-24
-    std = midpoint / (probe._normal[0] * (1.0 + 2.0**-50))
+    std = midpoint / (probe.draw().normal[0] / probe.std * (1.0 + 2.0**-50))
     sampler = ExactGaussianNoise(2, abs(std), SecureStream(seed=8))
     y = sampler.add(np.zeros(2, np.float32)).copy()
     assert sampler.refined >= 1
-    # Replay the stream: 2 words per pair, then 2 words (radius, angle) per refinement round.
-    replay = SecureStream(seed=8)
-    first = replay.fill(np.empty(2, np.uint64))
-    more = replay.fill(np.empty(2, np.uint64))
+    # Replay the streams: 2 words per pair, then, from the refinement's fork, 2 words
+    # (radius, angle) per refinement round.
+    first = SecureStream(seed=8).fill(np.empty(2, np.uint64))
+    more = SecureStream(seed=8).fork("refine").fill(np.empty(2, np.uint64))
     mask = (1 << 52) - 1
     v_bits = (int(first[0]) & mask) << 64 | int(more[0])
     a_bits = (int(first[1]) & mask) << 64 | int(more[1])
@@ -154,15 +157,16 @@ def test_numpy_log_and_tan_are_within_the_assumed_error():
     assert worst <= 2.0**-52 and 16 * worst <= noise.FUNCTION_ERROR  # measured: 0.5 ulp
 
 
-def test_buffers_rotate():
+def test_draws_rotate_and_do_not_depend_on_x():
     sampler = ExactGaussianNoise(8, 1.0, SecureStream(seed=1), buffers=2)
+    a = sampler.draw()
+    a_normal = a.normal.copy()
+    b = sampler.draw()
+    assert not np.shares_memory(a.normal, b.normal) and np.array_equal(a.normal, a_normal)
+    assert sampler.draw() is a and not np.array_equal(a.normal, a_normal)  # a's buffers again
     zeros = np.zeros(8, np.float32)
-    a = sampler.add(zeros)
-    a_copy = a.copy()
-    b = sampler.add(zeros)
-    assert not np.shares_memory(a, b) and np.array_equal(a, a_copy)
-    sampler.add(zeros)  # reuses a's buffer
-    assert not np.array_equal(a, a_copy)
+    np.testing.assert_array_equal(sampler.round_exactly(b, zeros), b.normal.astype(np.float32))
+    assert np.all(b.error > 0) and b.error.dtype == np.float32
     with pytest.raises(ValueError, match=r"float32 vector of shape \(8,\)"):
         sampler.add(np.zeros(8))
 
