@@ -350,18 +350,27 @@ class _Workload:
                     HEServer(self.model, pool=pools["processes"]), x, pools["processes"].workers
                 ),
                 "one process": self._full_batch_run(HEServer(self.model), x, 1),
-                "tenseal": lambda: (self.baseline.batched(x), None),
+                "tenseal": lambda: _with_cpu(None, lambda: (self.baseline.batched(x), None)),
             }
             seconds = _interleaved(runs, rounds=2 if self.quick else 7)
             chosen = pools["auto"].describe()
         finally:
             for pool in pools.values():
                 pool.close()
-        base = seconds.pop("tenseal")[0]
-        return [self._full_batch_row(name, *seconds[name], base, chosen) for name in seconds]
+        base, _, base_cpu = seconds.pop("tenseal")
+        return [
+            self._full_batch_row(name, *seconds[name], base, base_cpu, chosen) for name in seconds
+        ]
 
     def _full_batch_row(
-        self, name: str, times: list[float], plans: list[Any], base: list[float], chosen: dict
+        self,
+        name: str,
+        times: list[float],
+        plans: list[Any],
+        cpu: list[float],
+        base: list[float],
+        base_cpu: list[float],
+        chosen: dict,
     ) -> dict[str, Any]:
         plan = collections.Counter(plans).most_common(1)[0][0]
         ran = (chosen["executor"] if name == "auto" else name) if plan.parallel else None
@@ -375,6 +384,8 @@ class _Workload:
             rounds=len(times),
             seconds=times,
             baseline_seconds=base,
+            cpu_seconds=statistics.median(cpu),  # every process and thread it ran on
+            baseline_cpu_seconds=statistics.median(base_cpu),
             routes=[f"block {p.block} x{p.groups} on {p.workers}" for p in plans],
             block=plan.block,
             groups=plan.groups,
@@ -395,6 +406,9 @@ class _Workload:
         client = self.client
 
         def run(route: int | None = workers):
+            return _with_cpu(server.pool, lambda: timed(route))
+
+        def timed(route: int | None):
             plan = server.plan(len(x), workers=route)
             spec = server.packing(block=plan.block)
             public = client.public_context(spec)
@@ -421,7 +435,7 @@ class _Workload:
 
         # Warm-up: encodes the weights, starts the workers, and measures each route once.
         for route in [workers] if workers is not None else [1, server.pool.workers]:
-            run(route)
+            timed(route)
         return run
 
     def sizes(self) -> list[dict[str, Any]]:
@@ -510,15 +524,37 @@ class _Workload:
         ]
 
 
-def _interleaved(runs: dict[str, Any], rounds: int) -> dict[str, tuple[list[float], list]]:
-    """Each callable once per round, the order rotating every round: `(seconds, plans)` each."""
+def _worker_cpu_seconds(pool: Any) -> float:
+    """CPU seconds used so far by a pool's worker processes (Linux /proc; 0 elsewhere)."""
+    backend = getattr(pool, "_backend", None)
+    total = 0.0
+    for worker in getattr(backend, "workers", []) if hasattr(backend, "broken") else []:
+        try:
+            fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _with_cpu(pool: Any, run: Any) -> tuple[float, Any, float]:
+    """`run()`'s `(seconds, plan)` and the CPU seconds of this process and the pool's workers."""
+    cpu = time.process_time() + _worker_cpu_seconds(pool)
+    seconds, plan = run()
+    return seconds, plan, time.process_time() + _worker_cpu_seconds(pool) - cpu
+
+
+def _interleaved(runs: dict[str, Any], rounds: int) -> dict[str, tuple[list, list, list]]:
+    """Each callable once per round, the order rotating every round.
+
+    Returns `(seconds, plans, cpu seconds)` per name, one entry per round.
+    """
     names = list(runs)
-    results: dict[str, tuple[list[float], list]] = {name: ([], []) for name in names}
+    results: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            seconds, plan = runs[name]()
-            results[name][0].append(seconds)
-            results[name][1].append(plan)
+            for store, value in zip(results[name], runs[name]()):
+                store.append(value)
     return results
 
 
