@@ -27,6 +27,7 @@ from privkeras.core.kernels.prepared import PreparedOperands
 from privkeras.core.kernels.routes import (
     MIN_TIMED_VOLUME,
     PROBE_VOLUME,
+    PROBE_VOLUME_UNKEPT,
     RouteChoice,
     RouteTable,
     forced_route,
@@ -427,12 +428,18 @@ class RingKernels(abc.ABC):
         return run
 
     def _matmul_probe(self, route: str, a: Tensor, b: Tensor):
-        """A zero-argument run of `route` on (a slice of the rows of) these operands."""
+        """A zero-argument run of `route` on (a slice of the rows of) these operands.
+
+        Slicing the rows scales every cost but the split of `b`: where `b` is
+        split on every call (not reused), only products beyond
+        `PROBE_VOLUME_UNKEPT` are sliced, so that the split is charged fairly.
+        """
         fn = self._matmul_routes()[route]
         a_shape, b_shape = self.shape(a), self.shape(b)
         volume = matmul_volume(a_shape, b_shape)
-        if volume > PROBE_VOLUME and not self._is_reused(a, "left") and a_shape[-2] > 1:
-            rows = max(1, int(a_shape[-2] * PROBE_VOLUME // volume))
+        limit = PROBE_VOLUME if self._is_reused(b, "right") else PROBE_VOLUME_UNKEPT
+        if volume > limit and not self._is_reused(a, "left") and a_shape[-2] > 1:
+            rows = max(1, int(a_shape[-2] * limit // volume))
             a = self.getitem(a, (Ellipsis, slice(0, rows), slice(None)))
         return lambda: fn(a, b)
 

@@ -52,6 +52,7 @@ __all__ = [
     "ELIMINATION_FACTOR",
     "MIN_TIMED_VOLUME",
     "PROBE_VOLUME",
+    "PROBE_VOLUME_UNKEPT",
     "ROUTE_CACHE_MODES",
     "TIMED_ROUNDS",
     "WARMUP_ELIMINATION_FACTOR",
@@ -73,6 +74,8 @@ WARMUP_ELIMINATION_FACTOR = 50.0
 TIMED_ROUNDS = 3
 #: Products with more multiply-adds than this are timed on a slice of their rows.
 PROBE_VOLUME = 2**21
+#: The same where the right operand is split on every call (its split does not shrink with rows).
+PROBE_VOLUME_UNKEPT = 2**24
 #: Products with fewer multiply-adds are not timed (a few microseconds either way):
 #: they take the library's static route.
 MIN_TIMED_VOLUME = 2**16
