@@ -282,8 +282,12 @@ class Communicator(abc.ABC):
         """Sends a small public array on the (src, dst) channel, uncounted (setup, control)."""
         raise NotImplementedError(f"{type(self).__name__} does not cross processes")
 
-    def receive_control(self, src: str, dst: str) -> np.ndarray:
-        """Waits for the next control array on the (src, dst) channel."""
+    def receive_control(self, src: str, dst: str, timeout: float | None = None) -> np.ndarray:
+        """Waits for the next control array on the (src, dst) channel.
+
+        `timeout` overrides the communicator's deadline for this wait (a
+        session's party waiting for the driver's next command).
+        """
         raise NotImplementedError(f"{type(self).__name__} does not cross processes")
 
 
@@ -344,8 +348,8 @@ class ThreadedCommunicator(Communicator):
     def send_control(self, src: str, dst: str, value: np.ndarray) -> None:
         self.hub.put(src, dst, value)
 
-    def receive_control(self, src: str, dst: str) -> np.ndarray:
-        return self.hub.get(src, dst, self.timeout)
+    def receive_control(self, src: str, dst: str, timeout: float | None = None) -> np.ndarray:
+        return self.hub.get(src, dst, self.timeout if timeout is None else timeout)
 
     def _deliver(self, messages: list[Message], offline: bool) -> dict[tuple[str, str], Tensor]:
         here = self.placement.here

@@ -58,6 +58,11 @@ def build_program(spec: JobSpec) -> tuple[Any, SecureProgram]:
 
 def run_job(spec: JobSpec, runtime: MPCRuntime) -> None:
     """Runs `spec` as the roles of `runtime`'s placement (a party, or the dealer)."""
+    if spec.kind == "session":
+        from privkeras.backends.mpc.session import serve_session
+
+        serve_session(runtime)
+        return
     import keras
 
     _, program = build_program(spec)

@@ -234,6 +234,17 @@ class MPCRuntime:
         bound = self._share_bound(value, bound, name)
         return SharedTensor(self, self.protocol.share(encoded, owner), bound)
 
+    def share_bound(self, value: Any, bound: float | None = None, name: str = "x") -> float | None:
+        """The public bound `share(value, bound=bound)` gives its tensor (None: untracked).
+
+        What a session's driver tells the parties, which do not see the value.
+
+        Raises:
+            PrecisionOverflowError: For values beyond a declared `bound`.
+            ValueError: For a `bound` that is not a real in [0, 2^(63 - f)).
+        """
+        return self._share_bound(value, bound, name)
+
     def here(self, role: str) -> bool:
         """Whether `role` runs in this process (see `Placement`)."""
         return self.placement.here(role)

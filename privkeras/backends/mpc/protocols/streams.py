@@ -160,6 +160,17 @@ class PartyStreams:
         self._keys = dict(keys or {})
         self._cache: dict[str, SecureStream | None] = {}
 
+    def add_keys(self, keys: Mapping[str, bytes]) -> None:
+        """Adds keys agreed after the runtime was made (a session's new data owner).
+
+        Raises:
+            ValueError: For a label that was already drawn from (its key is fixed).
+        """
+        drawn = sorted(label for label in keys if label in self._cache)
+        if drawn:
+            raise ValueError(f"Expected keys for labels not drawn from yet. Received: {drawn}")
+        self._keys.update(keys)
+
     def holds(self, label: str) -> bool:
         """Whether a role of this process holds the key of `label`."""
         return self.placement.any_here(holders_of(label))
