@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "layers": "privkeras.layers",
     "mpc": "privkeras.mpc",
     "policies": "privkeras.policies",
+    "serving": "privkeras.serving",
     # models and data
     "PrivateSequential": "privkeras.models",
     "SharedData": "privkeras.backends.mpc.shared_data",

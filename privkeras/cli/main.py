@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from privkeras.cli import certs, demo, party, worker
+from privkeras.cli import certs, demo, party, serve, worker
 from privkeras.net import echo as net_echo
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_parser(sub)
     party.add_parser(sub)
     worker.add_parser(sub)
+    serve.add_parser(sub)
     net_echo.add_parser(sub)  # hidden: transport tests and benchmarks
     return parser
 

@@ -60,7 +60,8 @@ class MPCEngine(Engine):
     """
 
     policy_kind = "mpc"
-    TRAINS = PREDICTS = EVALUATES = True
+    TRAINS = PREDICTS = EVALUATES = EXPORTS = True
+    export_formats = ("mpc",)
     #: Ring-kernel library the runtime computes with.
     kernels: ClassVar[str]
     #: The Keras backend whose tensors these kernels use.
@@ -337,6 +338,20 @@ class MPCEngine(Engine):
     def fit(self, model: Any, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
         """Encrypted training; see `privkeras.backends.mpc.trainer.fit`."""
         return trainer.fit(self, model, x, y, **kwargs)
+
+    # -- serving ----------------------------------------------------------------------------
+    def export(self, model: Any, filepath: str, format: str = "mpc", **kwargs: Any) -> Any:
+        """One share bundle per server role, and the manifest; see `bundles.export_bundle`."""
+        from privkeras.backends.mpc.bundles import export_bundle
+
+        return export_bundle(self, model, filepath, **kwargs)
+
+    @classmethod
+    def serving_backend(cls) -> Any:
+        """What `privkeras.serving` serves this engine's bundles with (`serving.MPCServingBackend`)."""
+        from privkeras.backends.mpc.serving import MPCServingBackend
+
+        return MPCServingBackend
 
 
 def _as_batch(x: Any, what: str) -> np.ndarray:
