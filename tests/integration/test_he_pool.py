@@ -138,10 +138,11 @@ def test_a_malformed_group_is_an_input_error_and_the_pool_goes_on(setup):
 
 
 def test_a_hung_worker_times_out(setup):
-    pool = EvaluationPool(workers=2, executor="processes", timeout=2)
+    pool = EvaluationPool(workers=2, executor="processes", timeout=120)
     stopped = None
     try:
-        _parallel(pool, setup)
+        _parallel(pool, setup)  # started and loaded, with time to spare on a busy machine
+        pool.timeout = 2
         stopped = pool._backend.workers[0].process
         os.kill(stopped.pid, signal.SIGSTOP)
         began = time.monotonic()

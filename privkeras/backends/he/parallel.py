@@ -133,7 +133,8 @@ class EvaluationPool:
         executor: `"auto"` (measure, then threads or processes), `"threads"`
             or `"processes"`.
         timeout: Seconds a worker may take for one group before it is
-            declared dead (`PartyError`).
+            declared dead (`PartyError`); starting and loading a context get
+            at least a minute. May be changed between calls.
     """
 
     def __init__(self, workers: int | None = None, executor: str = "auto", timeout: float = 600.0):
@@ -221,6 +222,7 @@ class EvaluationPool:
         """
         self.start()
         backend = self._backend
+        backend.timeout = self.timeout  # the pool's current setting, for this map
         try:
             yield from backend.map(program, context, groups)
         finally:
@@ -228,9 +230,14 @@ class EvaluationPool:
                 self.close()  # replies may be in flight: start clean next time
 
 
+#: The least a worker is given to start, or to load a context and a program.
+_SETUP_SECONDS = 60.0
+
+
 class _Threads:
     def __init__(self, workers: int):
         self.workers = workers
+        self.timeout: float | None = None  # threads are not declared dead
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, "privkeras-he")
 
     def map(self, program: Any, context: Any, groups: Iterable[Any]) -> Iterator[list[Any]]:
@@ -347,7 +354,7 @@ class _Processes:
         self.broken = False
         self.workers = [_WorkerProcess(i, root, timeout) for i in range(workers)]
         self._finalizer = weakref.finalize(self, _stop_all, self.workers)
-        deadline = time.monotonic() + max(timeout, 60.0)
+        deadline = time.monotonic() + max(timeout, _SETUP_SECONDS)
         for worker in self.workers:
             worker.receive("worker-ready", deadline)
 
@@ -358,7 +365,7 @@ class _Processes:
         """Sends the context and the program the first time this worker needs them."""
         context_id = _context_id(context)
         program_id = f"{program.graph.fingerprint()}:{program.block}:{program.slots}"
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + max(self.timeout, _SETUP_SECONDS)  # loads 20-40 MB of keys
         if context_id not in worker.contexts:
             message = pack_message("worker-context", {"id": context_id}, [context.to_bytes()])
             worker.send(message, deadline)
@@ -407,6 +414,7 @@ class _Processes:
             self.broken = self.broken or bool(busy)  # abandoned with answers in flight
 
     def _send(self, worker: _WorkerProcess, ids: dict, batch: Any, group: int, busy: dict) -> None:
+        worker.timeout = self.timeout
         program_id, context_id = ids[worker.index]
         blobs = batch.serialized or [seal_to_bytes(c) for c in batch.ciphertexts]
         header = {"program": program_id, "context": context_id}
