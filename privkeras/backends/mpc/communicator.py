@@ -282,6 +282,14 @@ class Communicator(abc.ABC):
         """Sends a small public array on the (src, dst) channel, uncounted (setup, control)."""
         raise NotImplementedError(f"{type(self).__name__} does not cross processes")
 
+    def post_control(self, src: str, dst: str, value: np.ndarray) -> Any:
+        """Starts `send_control`; returns a pending send to `.result()`, or None once sent.
+
+        A session's driver posts one command to every party before it waits on any.
+        """
+        self.send_control(src, dst, value)
+        return None
+
     def receive_control(self, src: str, dst: str, timeout: float | None = None) -> np.ndarray:
         """Waits for the next control array on the (src, dst) channel.
 

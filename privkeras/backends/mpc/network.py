@@ -152,6 +152,9 @@ class NetworkCommunicator(Communicator):
         if send is not None:
             send.result()
 
+    def post_control(self, src: str, dst: str, value: np.ndarray) -> Any:
+        return self._post(dst, [np.ascontiguousarray(value)], False)
+
     def receive_control(self, src: str, dst: str, timeout: float | None = None) -> np.ndarray:
         return self._take(src, f"control {src} -> {dst}", timeout)[0][0]
 

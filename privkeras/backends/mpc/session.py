@@ -808,17 +808,19 @@ class MPCSession:
             self._closed = True
             try:
                 error = self._broken
-                if error is None:
-                    try:
-                        self._send(encode_message({"format": COMMAND_FORMAT, "op": "close"}))
-                    except BaseException as failure:
-                        error = self._broken = failure
-                if error is None:
-                    self._job.__exit__(None, None, None)
-                    self.report = self._cluster.last_report
-                else:  # the driver already raised it; tell the parties and stop quietly
+                if error is not None:  # the driver raised it already: tell the parties, quietly
                     with contextlib.suppress(Exception):
                         self._job.__exit__(type(error), error, error.__traceback__)
+                    return
+                refused = None
+                try:
+                    self._send(encode_message({"format": COMMAND_FORMAT, "op": "close"}))
+                except PartyError as failure:  # a party ended the session: its error says why
+                    refused = failure
+                self._job.__exit__(None, None, None)  # raises a party's own error, typed
+                self.report = self._cluster.last_report
+                if refused is not None:
+                    raise refused
             finally:
                 if self._close_cluster:
                     self._cluster.close()
@@ -873,8 +875,13 @@ class MPCSession:
     def _send(self, message: np.ndarray, special: Mapping[str, np.ndarray] | None = None) -> None:
         comm = self._runtime.communicator
         try:
-            for role in self._roles:
-                comm.send_control(CALLER, role, (special or {}).get(role, message))
+            pending = [
+                comm.post_control(CALLER, role, (special or {}).get(role, message))
+                for role in self._roles
+            ]
+            for send in pending:  # the parties accept in parallel: one round trip, not three
+                if send is not None:
+                    send.result()
         except BaseException as error:
             self._broken = error
             raise
