@@ -80,6 +80,7 @@ class ServingLimits:
         return {
             "max_request_rows": self.max_request_rows,
             "max_batch_rows": self.max_batch_rows,
+            "max_delay": self.max_delay,
             "rate": self.rate,
         }
 

@@ -51,7 +51,8 @@ class HEEngine(Engine):
 
     name = "he"
     policy_kind = "he"
-    PREDICTS = EVALUATES = True
+    PREDICTS = EVALUATES = EXPORTS = True
+    export_formats = ("he",)
 
     def __init__(self, policy: Any):
         super().__init__(policy)
@@ -256,6 +257,19 @@ class HEEngine(Engine):
             "Engine 'he' runs inference only: train in plaintext (compile without privacy), "
             "then compile(privacy='he') to predict and evaluate under encryption."
         )
+
+    def export(self, model: Any, filepath: str, format: str = "he", **kwargs: Any) -> Any:
+        """The server bundle and the client spec, no key; see `bundles.export_bundle`."""
+        from privkeras.backends.he.bundles import export_bundle
+
+        return export_bundle(self, model, filepath, **kwargs)
+
+    @classmethod
+    def serving_backend(cls) -> Any:
+        """What `privkeras.serving` serves this engine's bundles with (`serving.HEServingBackend`)."""
+        from privkeras.backends.he.serving import HEServingBackend
+
+        return HEServingBackend
 
     def report(self) -> dict[str, Any]:
         """Policy, chosen parameters and depth, the pool if started, the last run's timings."""
