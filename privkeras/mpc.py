@@ -172,7 +172,10 @@ def connect(
         kernels: This process's ring kernels (`"numpy"`, `"torch"`,
             `"tensorflow"`); the Keras backend's by default, as `get_runtime`.
         precision_bits: Fractional bits of the fixed-point encoding.
-        track_bounds: Range tracking, on as in the in-process default.
+        track_bounds: Range tracking, on as in the in-process default. A bound
+            derived from a value (max |x|, where `share` gets no `bound=`) is
+            public metadata that every party now receives: declare a
+            data-independent `bound=`, or pass False, where max |x| is secret.
         idle_timeout: Seconds the parties keep a session that sends nothing.
         credentials: The driver's `privkeras.net.Credentials`; by default those
             `local_cluster` registered, or the environment's (`PRIVKERAS_CERTS`...).

@@ -569,6 +569,38 @@ def _counters(runtime: MPCRuntime) -> tuple[int, int, int]:
 
 
 # -- the driver -------------------------------------------------------------------------------------
+def _session_spec(
+    protocol: str, kernels: Any, precision_bits: int, seed: Any, idle_timeout: Any
+) -> tuple[JobSpec, RingKernels]:
+    """The session's job and kernels, or `PrivacyPolicyError` before any party is contacted."""
+    get_protocol(protocol)
+    if isinstance(kernels, str):
+        if kernels not in KERNEL_LIBRARIES:
+            raise PrivacyPolicyError(
+                f"Expected kernels in {list(KERNEL_LIBRARIES)}. Received: kernels={kernels!r}"
+            )
+        kernels = get_kernels(kernels)
+    valid_idle = isinstance(idle_timeout, (int, float)) and not isinstance(idle_timeout, bool)
+    if not valid_idle or not 0 < idle_timeout <= 86400:
+        raise PrivacyPolicyError(
+            f"Expected idle_timeout in (0, 86400] seconds. Received: idle_timeout={idle_timeout!r}"
+        )
+    spec = JobSpec(
+        kind="session",
+        engine=_ENGINES.get(kernels.name, "mpc-numpy"),
+        protocol=protocol,
+        precision_bits=precision_bits,
+        seed=seed,
+        model="",
+        input_shape=(),
+    )
+    try:
+        spec.check()
+    except ValueError as error:
+        raise PrivacyPolicyError(f"Expected a valid session. Received: {error}") from None
+    return spec, kernels
+
+
 class MPCSession:
     """The low-level API with the parties in other processes (or threads): a runtime for `pk.mpc`.
 
@@ -600,11 +632,10 @@ class MPCSession:
     Example:
 
     ```python
-    with pk.mpc.local_cluster("aby3") as cluster, pk.mpc.connect(
-        "aby3", cluster.parties
-    ) as session:
-        x = pk.mpc.share(np.ones((2, 2)), runtime=session)
-        (x @ x).reveal()
+    with pk.mpc.local_cluster("aby3") as cluster:
+        with pk.mpc.connect("aby3", cluster.parties) as session:
+            x = pk.mpc.share(np.ones((2, 2)), runtime=session)
+            (x @ x).reveal()          # array([[2., 2.], [2., 2.]])
     ```
     """
 
@@ -620,31 +651,7 @@ class MPCSession:
         idle_timeout: float = 600.0,
         close_cluster: bool = False,
     ):
-        get_protocol(protocol)
-        if isinstance(kernels, str):
-            if kernels not in KERNEL_LIBRARIES:
-                raise PrivacyPolicyError(
-                    f"Expected kernels in {list(KERNEL_LIBRARIES)}. Received: kernels={kernels!r}"
-                )
-            kernels = get_kernels(kernels)
-        valid_idle = isinstance(idle_timeout, (int, float)) and not isinstance(idle_timeout, bool)
-        if not valid_idle or not 0 < idle_timeout <= 86400:
-            raise PrivacyPolicyError(
-                f"Expected idle_timeout in (0, 86400] seconds. Received: idle_timeout={idle_timeout!r}"
-            )
-        spec = JobSpec(
-            kind="session",
-            engine=_ENGINES.get(kernels.name, "mpc-numpy"),
-            protocol=protocol,
-            precision_bits=precision_bits,
-            seed=seed,
-            model="",
-            input_shape=(),
-        )
-        try:
-            spec.check()
-        except ValueError as error:
-            raise PrivacyPolicyError(f"Expected a valid session. Received: {error}") from None
+        spec, kernels = _session_spec(protocol, kernels, precision_bits, seed, idle_timeout)
         self._cluster, self._close_cluster = cluster, close_cluster
         self._roles = job_roles(protocol)
         self._lock = threading.RLock()
@@ -840,9 +847,13 @@ class MPCSession:
             self._require_usable()
             encoder = _Encoder(self)
             header, message = self._encode(op, receiver, args, kwargs or {}, encoder=encoder)
-            _, operation, first, args, kwargs = decode_call(
-                *decode_message(message), encoder.resolve, self._runtime
-            )
+            try:
+                _, operation, first, args, kwargs = decode_call(
+                    *decode_message(message), encoder.resolve, self._runtime
+                )
+            except BaseException:
+                self._freed.extend(header["free"])  # nothing was sent: free them next time
+                raise
             self._send(message)
             result = self._run(op, lambda: operation.function(first, *args, **kwargs))
             return self._wrap(result, header["out"])

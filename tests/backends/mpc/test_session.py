@@ -32,7 +32,12 @@ from privkeras.backends.mpc.session import (
     decode_message,
     encode_message,
 )
-from privkeras.errors import CapabilityError, PartyError, PrecisionOverflowError
+from privkeras.errors import (
+    CapabilityError,
+    PartyError,
+    PrecisionOverflowError,
+    PrivacyPolicyError,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -64,6 +69,9 @@ def program(rt) -> dict:
         + (np.ones((5, 5)) * 0.1) @ x  # numpy defers to __rmatmul__
     ) / 4.0
     sliced = h[1:4, ::2].T
+    relu, derivative = (x - 0.2).relu_with_derivative()
+    pooled_mask = images.max_pool2d_with_mask((2, 2))[1]
+    positive = (x * x + 0.5).with_bound(20.0)
     stacked = (
         pk.mpc.SessionTensor.concat if isinstance(rt, MPCSession) else pk.mpc.SharedTensor.concat
     )
@@ -83,6 +91,17 @@ def program(rt) -> dict:
         "concat": stacked([x, x[:2]], axis=0).abs().reveal(),
         "mean": images.mean(axis=(1, 2)).reveal(to="p1"),
         "avg": images.avg_pool2d((2, 2), padding="SAME").reveal(),
+        "bit": x.positive_bit().reveal(to="alice"),
+        "relu": (relu + derivative).reveal(),
+        "mask": pooled_mask.reveal(),
+        "tanh": (x * 0.5).tanh().reveal(),
+        "reciprocal": positive.reciprocal().reveal(),
+        "where": x.where(x > 0, -x.div_power_of_two(2)).reveal(),
+        "shapes": (
+            x.expand_dims(0).broadcast_to((2, 5, 4)).pad([(0, 0), (1, 0), (0, 1)]).sum(axis=0)
+            - x.reshape(-1).reshape(4, 5).T.pad([(1, 0), (0, 1)])
+        ).reveal(),
+        "drelu": x.drelu().mean(axis=0, keepdims=True).reveal(),
     }
 
 
@@ -221,6 +240,19 @@ def test_set_runtime_makes_a_session_the_default():
     assert isinstance(pk.mpc.get_runtime(), MPCRuntime)
     with pytest.raises(TypeError, match="MPCSession"):
         pk.mpc.set_runtime("pond")
+
+
+def test_bad_settings_are_refused_before_any_party_is_contacted():
+    with pytest.raises(PrivacyPolicyError, match="parties"):
+        pk.mpc.connect("pond")
+    with pytest.raises(PrivacyPolicyError, match="parties"):
+        pk.mpc.connect("aby3", {"p0": "127.0.0.1:1", "p1": "127.0.0.1:2"})
+    with pytest.raises(PrivacyPolicyError, match="idle_timeout"):
+        MPCSession(ThreadCluster(), "pond", idle_timeout=0)
+    with pytest.raises(PrivacyPolicyError, match="kernels"):
+        MPCSession(ThreadCluster(), "pond", kernels="cuda")
+    with pytest.raises(PrivacyPolicyError, match="protocol"):
+        MPCSession(ThreadCluster(), "spdz")
 
 
 def test_a_malformed_command_fails_the_session_on_the_party_with_a_typed_error():
