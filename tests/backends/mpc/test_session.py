@@ -299,3 +299,21 @@ def test_malformed_bytes_are_refused_with_one_typed_error():
             decode_message(np.frombuffer(bytes(data), np.uint8))
     with pytest.raises(SessionCommandError):
         decode_message(np.zeros((2, 2), np.int64))
+
+
+def test_the_drivers_placement_holds_every_role_but_the_compute_processes():
+    from privkeras.backends.mpc.placement import Placement
+    from privkeras.backends.mpc.protocols.streams import PartyStreams
+
+    driver = Placement.all_but(session_module.COMPUTE_ROLES)
+    assert driver.here("alice") and driver.here("caller") and not driver.here("p2")
+    assert driver.any_here({"p0", "bob"}) and not driver.any_here({"p0", "p1", "p2"})
+    assert not driver.everywhere and driver.roles is None
+    assert Placement(driver) == driver and hash(Placement(driver)) == hash(driver)
+    assert driver != Placement() and driver != Placement({"alice"})
+    streams = PartyStreams(2, None, driver)
+    assert streams.common() is None and streams.party(0) is None  # the parties' keys stay theirs
+    streams.add_keys({"owner/alice/0": bytes(32)})
+    assert streams.owner("alice", 0) is not None
+    with pytest.raises(ValueError, match="drawn"):
+        streams.add_keys({"owner/alice/0": bytes(32)})  # a key in use is never replaced
