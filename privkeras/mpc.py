@@ -78,7 +78,10 @@ with pk.mpc.local_cluster("aby3") as cluster:
 What differs: `reveal(to=<a compute party>)` returns None here (the value
 goes only to that party); `share(x, owner="p0")` hands `x` to party p0 first
 (it becomes p0's input); `map_linear` (which takes a Python function) is
-refused with `CapabilityError`. A party that dies is a `PartyError` naming it
+refused with `CapabilityError`; the static `concat` and `stack` of a
+session's tensors are `SessionTensor.concat` and `SessionTensor.stack`; a
+bound derived from a value (max |x|, no `bound=` given) is sent to every
+party as the public metadata it is documented to be. A party that dies is a `PartyError` naming it
 within `timeout`; after one, the session refuses further operations: close
 it and connect again. A party drops a session it hears nothing from for
 `idle_timeout` seconds. See docs/policies/mpc.md, "Low-level API across
