@@ -188,11 +188,14 @@ def run(args: argparse.Namespace) -> int:
     limit_threads(args.threads)
     from privkeras.backends.federated.owner import OwnerService
     from privkeras.backends.federated.remote import register_owner_methods
+    from privkeras.backends.federated.secagg.identity import OwnerIdentity
 
     rules = owner_rules(args)
     x, y = load_data(args)
-    service = OwnerService(args.name, x, y, rules)
     node = options.node_from_args(args, name=args.name)
+    # Secure aggregation signs this owner's round keys with its TLS certificate's key.
+    identity = OwnerIdentity.from_credentials(args.name, node.credentials)
+    service = OwnerService(args.name, x, y, rules, identity=identity)
     register_owner_methods(node, service)
     from privkeras.backends.mpc.owners import OwnerShareService
 

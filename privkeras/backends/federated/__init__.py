@@ -9,4 +9,7 @@ family), client-level DP accounting (`accounting`). See docs/policies/federated.
 from privkeras.backends.federated.data import DataOwner, FederatedData
 from privkeras.backends.federated.engine import FederatedEngine
 
+# Registers the secure aggregation ("secagg") with the aggregation registry.
+from privkeras.backends.federated import secagg  # noqa: F401  isort: skip
+
 __all__ = ["DataOwner", "FederatedData", "FederatedEngine"]

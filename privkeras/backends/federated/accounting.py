@@ -14,6 +14,15 @@ give epsilon; the discretization is pessimistic, so it is an upper bound.
 The federated engine cannot import the DP-SGD engine (engines are
 independent), so this is its own small accountant on the same library.
 
+With `Federated(secure_aggregation=True, dp="distributed")` a round is not
+the coordinator's Gaussian mechanism but the owners' distributed discrete
+Gaussian (Kairouz, Liu and Steinke, ICML 2021), accounted in Renyi DP by
+`secagg.dp.round_rdp` from the round's actual parameters. A ledger that
+holds such a round composes everything in RDP: the Gaussian rounds too
+(exactly unsampled, alpha / (2 z^2); sampled by Zhu and Wang's general
+bound, as the discrete rounds are), converted to (epsilon, delta) by
+dp-accounting's `compute_epsilon`.
+
 Example:
 
 ```python
@@ -29,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.pld import privacy_loss_mechanism
 
@@ -39,8 +49,10 @@ from privkeras.errors import PrivacyPolicyError, format_received
 __all__ = [
     "MAX_NOISE_MULTIPLIER",
     "Mechanism",
+    "RdpRound",
     "RoundLedger",
     "calibrate_noise",
+    "calibrate_rdp_noise",
     "epsilon",
 ]
 
@@ -78,6 +90,48 @@ class Mechanism:
     @property
     def spends_nothing(self) -> bool:
         return self.count == 0 or self.sample_rate == 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RdpRound:
+    """`count` rounds whose Renyi DP at `orders` is `values` each (a round the owners noised).
+
+    Attributes:
+        orders: RDP orders alpha.
+        values: RDP epsilon(alpha) of one round, at each order.
+        count: How many such rounds.
+        label: What the round was (for reports).
+    """
+
+    orders: tuple[float, ...]
+    values: np.ndarray
+    count: int = 1
+    label: str = "distributed discrete Gaussian"
+
+    def total(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.float64) * self.count
+
+
+def gaussian_rdp(mechanism: Mechanism, orders: Sequence[float]) -> np.ndarray:
+    """RDP of `mechanism` (all its rounds) at `orders`.
+
+    Unsampled: alpha / (2 z^2) per round (Mironov 2017). Sampled: Zhu and
+    Wang's general Poisson-subsampling bound at integer orders (the bound
+    `secagg.dp` uses for the discrete rounds; looser than dp-accounting's
+    tight analysis of the subsampled Gaussian), the unsampled value elsewhere.
+    """
+    from privkeras.backends.federated.secagg.dp import subsampled_rdp
+
+    z, q = mechanism.noise_multiplier, mechanism.sample_rate
+    if mechanism.spends_nothing:
+        return np.zeros(len(orders))
+    if z == 0:
+        return np.full(len(orders), math.inf)
+
+    def rdp(alpha: float) -> float:
+        return alpha / (2 * z * z)
+
+    return subsampled_rdp(rdp, orders, q) * mechanism.count
 
 
 @functools.lru_cache(maxsize=64)
@@ -154,6 +208,16 @@ def epsilon(sample_rate: float, noise_multiplier: float, rounds: int, delta: flo
     return composed_epsilon([Mechanism(sample_rate, noise_multiplier, rounds)], delta)
 
 
+def _check_target(target_epsilon: float, rounds: int) -> None:
+    if not (isinstance(target_epsilon, (int, float)) and 0 < target_epsilon < math.inf):
+        raise PrivacyPolicyError(
+            "Expected target_epsilon > 0 and finite. "
+            + format_received(target_epsilon=target_epsilon)
+        )
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise PrivacyPolicyError("Expected rounds >= 1. " + format_received(rounds=rounds))
+
+
 def calibrate_noise(
     target_epsilon: float,
     sample_rate: float,
@@ -170,22 +234,43 @@ def calibrate_noise(
         PrivacyPolicyError: For arguments out of range, or a target that even
             `MAX_NOISE_MULTIPLIER` cannot reach.
     """
-    if not (isinstance(target_epsilon, (int, float)) and 0 < target_epsilon < math.inf):
-        raise PrivacyPolicyError(
-            "Expected target_epsilon > 0 and finite. "
-            + format_received(target_epsilon=target_epsilon)
-        )
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise PrivacyPolicyError("Expected rounds >= 1. " + format_received(rounds=rounds))
+    _check_target(target_epsilon, rounds)
 
     def spent(sigma: float, interval: float = _SEARCH_INTERVAL) -> float:
         plan = [*prior, Mechanism(sample_rate, sigma, rounds)]
         return composed_epsilon(plan, delta, interval)
 
+    return _bisect_noise(spent, target_epsilon, rounds, sample_rate)
+
+
+def calibrate_rdp_noise(
+    target_epsilon: float,
+    rounds: int,
+    ledger: RoundLedger,
+    round_rdp: Callable[[float], RdpRound],
+) -> float:
+    """`calibrate_noise` for rounds accounted in RDP (distributed DP under secure aggregation).
+
+    Args:
+        target_epsilon: The budget, counting what `ledger` already holds.
+        rounds: Rounds to come.
+        ledger: The ledger so far (its delta is the target's).
+        round_rdp: z -> the RDP of one round at noise multiplier z.
+    """
+    _check_target(target_epsilon, rounds)
+
+    def spent(sigma: float, interval: float = INTERVAL) -> float:
+        return ledger.projected_rdp([dataclasses.replace(round_rdp(sigma), count=rounds)])
+
+    return _bisect_noise(spent, target_epsilon, rounds, None)
+
+
+def _bisect_noise(spent, target_epsilon: float, rounds: int, sample_rate) -> float:
     if spent(MAX_NOISE_MULTIPLIER, INTERVAL) > target_epsilon:
+        rate = "" if sample_rate is None else f" at sampling rate {sample_rate:.4g}"
         raise PrivacyPolicyError(
-            f"Expected a target_epsilon reachable in {rounds} rounds at sampling rate "
-            f"{sample_rate:.4g}: even noise_multiplier={MAX_NOISE_MULTIPLIER:g} spends "
+            f"Expected a target_epsilon reachable in {rounds} rounds{rate}: "
+            f"even noise_multiplier={MAX_NOISE_MULTIPLIER:g} spends "
             f"epsilon={spent(MAX_NOISE_MULTIPLIER, INTERVAL):.4g}. "
             + format_received(target_epsilon=target_epsilon)
         )
@@ -220,14 +305,44 @@ class RoundLedger:
         self._pieces: list[Mechanism] = []  # one per record() call, for incremental composition
         self._composed = None
         self._composed_pieces = 0
+        self._rdp: list[RdpRound] = []
 
     @property
     def mechanisms(self) -> tuple[Mechanism, ...]:
         return tuple(self._mechanisms)
 
     @property
+    def rdp_rounds(self) -> tuple[RdpRound, ...]:
+        return tuple(self._rdp)
+
+    @property
     def count(self) -> int:
-        return sum(m.count for m in self._mechanisms)
+        return sum(m.count for m in self._mechanisms) + sum(r.count for r in self._rdp)
+
+    def record_rdp(self, event: RdpRound) -> None:
+        """Adds rounds accounted in RDP (from then on the whole ledger is composed in RDP)."""
+        if self._rdp and tuple(event.orders) != tuple(self._rdp[0].orders):
+            raise PrivacyPolicyError(
+                "Expected RDP rounds at the ledger's orders. "
+                + format_received(orders=len(event.orders))
+            )
+        self._rdp.append(event)
+
+    def projected_rdp(self, extra: Sequence[RdpRound]) -> float:
+        """Epsilon, in RDP, if `extra` were recorded too."""
+        events = [*self._rdp, *extra]
+        orders = tuple(events[0].orders)
+        total = np.zeros(len(orders))
+        for event in events:
+            total = total + event.total()
+        for mechanism in self._mechanisms:
+            total = total + gaussian_rdp(mechanism, orders)
+        if not np.isfinite(total).any():
+            return math.inf
+        from dp_accounting.rdp import rdp_privacy_accountant
+
+        eps, _ = rdp_privacy_accountant.compute_epsilon(list(orders), total, self.delta)
+        return float(eps)
 
     def record(self, sample_rate: float, noise_multiplier: float, count: int = 1) -> None:
         """Adds `count` mechanisms at (`sample_rate`, `noise_multiplier`)."""
@@ -243,6 +358,8 @@ class RoundLedger:
 
     def epsilon(self) -> float:
         """Epsilon of what is recorded (0 before anything, inf if a mechanism had no noise)."""
+        if self._rdp:
+            return self.projected_rdp([])
         live = self._mechanisms
         if not live:
             return 0.0

@@ -18,18 +18,23 @@ An aggregation comes in two halves registered under one name:
   messages (`"aggregation/<name>/<message>"`).
 
 `"plain"` sends the vector as it is and sums it. Secure aggregation
-(SecAgg+, `backends/federated/secagg`) registers `"secagg"`: it encodes the
-clipped vector in the fixed-point ring and masks it so that `sum` learns
+(SecAgg+, `backends/federated/secagg/aggregation.py`) registers `"secagg"`:
+it encodes the vector in the ring Z_2^32 and masks it so that `sum` learns
 only the total. With `Federated(dp="distributed")` the owner-side half adds
 each owner's share of the noise before masking and the aggregator sets
-`owners_add_noise = True`, so that the coordinator adds none.
+`owners_add_noise = True`, so that the coordinator adds none; its
+`privacy_cost` then gives the accountant the RDP of the mechanism the owners
+ran (the distributed discrete Gaussian) instead of the coordinator's
+Gaussian.
 
-Example (plugging in an aggregation):
+Example (how secure aggregation plugs in):
 
 ```python
 from privkeras.backends.federated import aggregation
+from privkeras.backends.federated.secagg.aggregation import (
+    SecAggPlusAggregator, SecAggPlusOwner)
 
-aggregation.register("secagg", SecAggPlusAggregator, SecAggPlusOwner)
+aggregation.register("secagg", SecAggPlusAggregator, SecAggPlusOwner)   # done on import
 ```
 """
 
@@ -46,6 +51,7 @@ from privkeras.core.registry import Registry
 from privkeras.errors import CapabilityError, PartyError
 
 if TYPE_CHECKING:
+    from privkeras.backends.federated.accounting import RdpRound
     from privkeras.backends.federated.protocol import JobSpec, OwnerProtocol
 
 __all__ = [
@@ -93,6 +99,17 @@ class RoundContext:
         noise_std: Std of the client-level noise on the sum (0 without DP).
         call_cohort: Sends a message to several owners at once (see `CohortCall`).
         dropped: Owners dropped so far this round, with the reason.
+        job: The job the owners were configured with (to configure a restarted owner again).
+        update_size: Length of the update part of each contribution vector (the
+            model's weights); the rest is the weight and, with adaptive
+            clipping, the clipping indicator.
+        clip_norm: The round's client-level clip norm, or None without client DP.
+        noise_multiplier: The accounted noise multiplier z of the round (0 without DP).
+        sampling_rate: Poisson rate at which owners were sampled.
+        summed: Set by an aggregator whose sum includes owners it also dropped
+            (secure aggregation: an owner that dropped while unmasking still
+            has its update in the sum): the owners whose contributions are in it.
+        report: What the aggregator wants in the round's log (stages, bytes, seconds).
     """
 
     job_id: str
@@ -105,6 +122,13 @@ class RoundContext:
     noise_std: float
     call_cohort: CohortCall
     dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+    job: JobSpec | None = None
+    update_size: int | None = None
+    clip_norm: float | None = None
+    noise_multiplier: float = 0.0
+    sampling_rate: float = 1.0
+    summed: list[str] | None = None
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def drop(self, name: str, reason: str) -> None:
         """Drops `name` from the round (it stays dropped for the rest of it)."""
@@ -121,14 +145,48 @@ class RoundContext:
 
 
 class Aggregator(abc.ABC):
-    """Coordinator side of an aggregation. One instance per `fit`."""
+    """Coordinator side of an aggregation. One instance per `fit`.
+
+    Args:
+        dp: Where the client-level noise is added: `"central"` or `"distributed"`.
+    """
 
     name: ClassVar[str]
     #: True when the owner-side half adds the client-level noise (`dp="distributed"`).
-    owners_add_noise: ClassVar[bool] = False
+    owners_add_noise: bool = False
+
+    def __init__(self, dp: str = "central"):
+        self.dp = dp
+
+    def privacy_cost(
+        self,
+        context: RoundContext | None,
+        noise_multiplier: float,
+        sampling_rate: float,
+        num_owners: int,
+        vector_size: int,
+    ) -> RdpRound | None:
+        """The RDP of one round (`accounting.RdpRound`) when the owners add the noise.
+
+        None (the default): the round is the coordinator's sampled Gaussian
+        mechanism of multiplier `noise_multiplier`, accounted as such.
+
+        Args:
+            context: The round that ran, or None for a round not run (an empty
+                cohort, or calibration before round 1).
+            noise_multiplier: z.
+            sampling_rate: The Poisson rate.
+            num_owners: Owners the round would have had (for a round not run).
+            vector_size: The update's length.
+        """
+        return None
 
     def prepare(self, context: RoundContext) -> dict[str, dict[str, Any]]:
-        """Setup before the cohort trains; returns extra train-request fields per owner."""
+        """Setup before the cohort trains; returns extra train-request fields per owner.
+
+        Values that are `bytes` travel as uint8 arrays (not in the JSON header)
+        and reach the owner's `protect` as bytes.
+        """
         return {}
 
     @abc.abstractmethod
@@ -142,19 +200,31 @@ class Aggregator(abc.ABC):
 
 
 class OwnerAggregation(abc.ABC):
-    """Owner side of an aggregation. One instance per owner and job."""
+    """Owner side of an aggregation. One instance per owner and job.
+
+    Args:
+        owner_name: The owner's name.
+        job: The job.
+        identity: The owner's long-term identity (what secure aggregation signs
+            its keys with, `secagg.identity.OwnerIdentity`), or None.
+    """
 
     name: ClassVar[str]
 
-    def __init__(self, owner_name: str, job: JobSpec):
+    def __init__(self, owner_name: str, job: JobSpec, identity: Any = None):
         self.owner_name = owner_name
         self.job = job
+        self.identity = identity
 
     @abc.abstractmethod
     def protect(
         self, contribution: np.ndarray, request: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The payload that leaves the owner for this contribution (fields, arrays)."""
+        """The payload that leaves the owner for this contribution (fields, arrays).
+
+        `request` is the train request's fields; values the aggregator's
+        `prepare` gave as bytes arrive as bytes.
+        """
 
     def handle(
         self, message: str, fields: dict[str, Any], arrays: dict[str, np.ndarray]
@@ -208,13 +278,13 @@ def register(
     OWNER_AGGREGATIONS.register(name, owner_aggregation, replace=replace)
 
 
-def get_aggregator(name: str) -> Aggregator:
-    """A new coordinator-side aggregator registered under `name`.
+def get_aggregator(name: str, dp: str = "central") -> Aggregator:
+    """A new coordinator-side aggregator registered under `name`, for noise placement `dp`.
 
     Raises:
         CapabilityError: For a name that is not registered (listing those that are).
     """
-    return AGGREGATORS.get(name)()
+    return AGGREGATORS.get(name)(dp=dp)
 
 
 register(PLAIN, PlainAggregator, PlainOwnerAggregation)

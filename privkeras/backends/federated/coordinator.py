@@ -25,7 +25,10 @@ One round of `FederatedRound.run`:
    geometrically towards the target quantile; the update noise and the
    indicator noise are split so that together they cost one Gaussian
    mechanism of the policy's noise multiplier.
-7. The server optimizer steps; the ledger records the round.
+7. The server optimizer steps; the ledger records the round: the
+   coordinator's sampled Gaussian mechanism, or what the aggregator says the
+   owners ran (`Aggregator.privacy_cost`: with secure aggregation and
+   `dp="distributed"`, the distributed discrete Gaussian, in RDP).
 """
 
 from __future__ import annotations
@@ -211,6 +214,7 @@ class RoundOutcome:
     bytes_down: dict[str, int]
     bytes_up: dict[str, int]
     record_epsilon: dict[str, float] = dataclasses.field(default_factory=dict)
+    aggregation: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def weighted_logs(results: dict[str, Any]) -> dict[str, float]:
@@ -320,6 +324,11 @@ class FederatedRound:
             call_cohort=lambda names, request: self.runner.call(
                 {n: self.owners[n] for n in names}, request
             ),
+            job=self.job,
+            update_size=weights.size,
+            clip_norm=None if self.client_dp is None else self.client_dp.clip_norm,
+            noise_multiplier=0.0 if self.client_dp is None else self.client_dp.noise_multiplier,
+            sampling_rate=self.fraction_fit,
         )
         extra = self.aggregator.prepare(context) if cohort else {}
         asked = {n: self.owners[n] for n in cohort if n not in context.dropped}
@@ -331,9 +340,13 @@ class FederatedRound:
         context.require(len(results), "training")
         payloads = {name: r.payload for name, r in results.items() if name not in context.dropped}
         total = self.aggregator.sum(context, payloads) if payloads else np.zeros(size)
-        survivors = [name for name in results if name not in context.dropped]
+        if context.summed is not None:  # the aggregator says whose contributions are in the sum
+            summed = set(context.summed)
+            survivors = [name for name in results if name in summed]
+        else:
+            survivors = [name for name in results if name not in context.dropped]
         context.require(len(survivors), "aggregation")
-        new_weights = self._step(weights, total, survivors)
+        new_weights = self._step(weights, total, survivors, context)
         self.rounds_run += 1
         logs = weighted_logs({name: results[name] for name in survivors})
         after = {name: self.owners[name].traffic() for name in cohort}
@@ -351,13 +364,29 @@ class FederatedRound:
                 for name in survivors
                 if results[name].record_epsilon is not None
             },
+            aggregation=dict(context.report),
         )
+
+    def _account(self, context: RoundContext, update_size: int) -> None:
+        dp = self.client_dp
+        cost = None
+        if dp.noise_multiplier > 0:
+            ran = context if context.cohort else None
+            cost = self.aggregator.privacy_cost(
+                ran, dp.noise_multiplier, self.fraction_fit, len(self.owners), update_size
+            )
+        if cost is None:
+            self.ledger.record(self.fraction_fit, dp.noise_multiplier)
+        else:
+            self.ledger.record_rdp(cost)
 
     def _noise_std(self) -> float:
         dp = self.client_dp
         return 0.0 if dp is None else dp.update_noise * dp.clip_norm
 
-    def _step(self, weights: np.ndarray, total: np.ndarray, survivors: list[str]) -> np.ndarray:
+    def _step(
+        self, weights: np.ndarray, total: np.ndarray, survivors: list[str], context: RoundContext
+    ) -> np.ndarray:
         """Noise, average, adaptive clip and server step; records the round in the ledger."""
         update, weight_sum = total[: weights.size], float(total[weights.size])
         dp = self.client_dp
@@ -374,7 +403,7 @@ class FederatedRound:
             if noisy and not self.aggregator.owners_add_noise:
                 indicator += float(self._stream.gaussian(1, std=dp.indicator_noise)[0])
             dp.adapt(indicator, denominator if noisy else len(survivors))
-        self.ledger.record(self.fraction_fit, dp.noise_multiplier)
+        self._account(context, weights.size)
         if not noisy and not survivors:
             return weights
         return self.server_optimizer.step(weights, update / denominator)

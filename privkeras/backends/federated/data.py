@@ -16,6 +16,7 @@ model.fit(pk.FederatedData.simulate([(x1, y1), (x2, y2), (x3, y3)]))
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -134,7 +135,10 @@ class FederatedData:
 
         They run the workers' code (rules, ledger, local training, the same
         messages as bytes), so sampling, aggregation, clipping, noise and
-        accounting are those of a real deployment.
+        accounting are those of a real deployment. Each owner gets its own
+        signing key and a certificate for its name from an in-memory
+        authority made for these owners (`secagg.SimulatedAuthority`), with
+        which secure aggregation authenticates its keys.
 
         Args:
             partitions: `(x, y)` per owner.
@@ -150,14 +154,23 @@ class FederatedData:
                 f"Expected one name per partition. Received: {len(names)} names for "
                 f"{len(partitions)} partitions"
             )
+        from privkeras.backends.federated.secagg.identity import SimulatedAuthority
+
         rules = OwnerRules(tuple(allow), max_epsilon, delta)
+        authority = functools.cache(SimulatedAuthority)  # made when secure aggregation asks
         clients = []
         for name, partition in zip(names, partitions):
             if not (isinstance(partition, (tuple, list)) and len(partition) == 2):
                 raise PrivacyPolicyError(
                     f"Expected each partition to be a pair (x, y). Received: {type(partition)}"
                 )
-            service = OwnerService(name, partition[0], partition[1], rules)
+            service = OwnerService(
+                name,
+                partition[0],
+                partition[1],
+                rules,
+                identity=functools.partial(lambda n: authority().identity(n), name),
+            )
             clients.append(OwnerClient(name, InProcessTransport(service)))
         return cls(clients)
 

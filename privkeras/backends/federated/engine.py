@@ -27,6 +27,7 @@ Notes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import math
 import os
@@ -154,13 +155,16 @@ class FederatedEngine(Engine):
         owners = {client.name: client for client in data.clients()}
         runner = CohortRunner(self.policy.timeout)
         try:
-            self._describe_and_check(owners, runner, model)
+            descriptions = self._describe_and_check(owners, runner, model)
             rounds_left = self.policy.rounds - initial_epoch
-            client_dp = self._resolve_client_dp(len(owners), rounds_left)
-            aggregator = self._aggregator()
+            aggregator = self._aggregator(len(owners))
+            update_size = WeightLayout(model.weights).size
+            client_dp = self._resolve_client_dp(len(owners), rounds_left, aggregator, update_size)
             job = self._job_spec(
                 model, batch_size, shuffle, client_dp, aggregator.name, rounds_left
             )
+            if self.policy.secure_aggregation:
+                job = _secure_job(job, descriptions, len(owners), client_dp, self.policy)
             self._configure(owners, runner, job)
             rounds = FederatedRound(
                 job=job,
@@ -219,7 +223,7 @@ class FederatedEngine(Engine):
             )
         return x
 
-    def _describe_and_check(self, owners, runner: CohortRunner, model) -> None:
+    def _describe_and_check(self, owners, runner: CohortRunner, model) -> dict[str, Any]:
         if not model.built:
             raise CapabilityError(
                 "Expected a built model (start it with keras.Input(shape)) for federated "
@@ -228,8 +232,11 @@ class FederatedEngine(Engine):
         descriptions, failures = runner.call(owners, lambda owner: owner.describe(runner.timeout))
         _raise_failures(failures, "describe their data")
         check_owners([descriptions[name] for name in owners], model)
+        return descriptions
 
-    def _resolve_client_dp(self, n_owners: int, rounds: int) -> ClientDP | None:
+    def _resolve_client_dp(
+        self, n_owners: int, rounds: int, aggregator: aggregation.Aggregator, update_size: int
+    ) -> ClientDP | None:
         policy = self.policy
         if policy.clip_norm is None:
             return None
@@ -243,7 +250,17 @@ class FederatedEngine(Engine):
                 stacklevel=4,
             )
         noise = self.noise_multiplier
-        if noise is None:
+        if noise is None and aggregator.owners_add_noise:  # accounted as the owners' mechanism
+            noise = accounting.calibrate_rdp_noise(
+                policy.target_epsilon,
+                rounds,
+                self.ledger,
+                lambda z: aggregator.privacy_cost(
+                    None, z, policy.fraction_fit, n_owners, update_size
+                ),
+            )
+            self.noise_multiplier = noise
+        elif noise is None:
             noise = accounting.calibrate_noise(
                 policy.target_epsilon,
                 policy.fraction_fit,
@@ -256,8 +273,21 @@ class FederatedEngine(Engine):
             self.clip_norm or policy.clip_norm, noise, expected, policy.adaptive_clipping
         )
 
-    def _aggregator(self) -> aggregation.Aggregator:
-        name = aggregation.SECURE if self.policy.secure_aggregation else aggregation.PLAIN
+    def _aggregator(self, n_owners: int) -> aggregation.Aggregator:
+        policy = self.policy
+        name = aggregation.SECURE if policy.secure_aggregation else aggregation.PLAIN
+        if policy.secure_aggregation and n_owners < 2:
+            raise PrivacyPolicyError(
+                "Expected at least 2 owners with Federated(secure_aggregation=True): the "
+                f"coordinator learns the sum, which for one owner is its update. "
+                f"Received: {n_owners} owner"
+            )
+        if policy.dp == "distributed" and policy.adaptive_clipping:
+            raise CapabilityError(
+                "Federated(dp='distributed') does not support adaptive_clipping: the clipping "
+                "indicator would need noise of its own added by the owners. Received: "
+                "adaptive_clipping=True"
+            )
         if name not in aggregation.AGGREGATORS and name == aggregation.SECURE:
             with contextlib.suppress(ImportError):  # registers itself when it ships
                 importlib.import_module("privkeras.backends.federated.secagg")
@@ -267,8 +297,10 @@ class FederatedEngine(Engine):
                 f"{name!r}, which is not installed; registered aggregations: "
                 f"{aggregation.AGGREGATORS.names()}."
             )
-        aggregator = aggregation.get_aggregator(name)
-        if self.policy.dp == "distributed" and not aggregator.owners_add_noise:
+        aggregator = aggregation.get_aggregator(name, dp=policy.dp)
+        if policy.secure_aggregation:
+            aggregator.min_owners = policy.min_owners  # rounds (and their accounting) need them
+        if policy.dp == "distributed" and not aggregator.owners_add_noise:
             raise CapabilityError(
                 f"Federated(dp='distributed') needs an aggregation whose owners add the noise; "
                 f"{name!r} does not."
@@ -382,6 +414,7 @@ class FederatedEngine(Engine):
                 "seconds": outcome.seconds,
                 "bytes_down": outcome.bytes_down,
                 "bytes_up": outcome.bytes_up,
+                **({"aggregation": outcome.aggregation} if outcome.aggregation else {}),
             }
         )
 
@@ -459,6 +492,13 @@ class FederatedEngine(Engine):
     def report(self) -> dict[str, Any]:
         policy = self.policy
         dp = policy.clip_norm is not None
+        distributed = policy.dp == "distributed"
+        who = (
+            "the owners before masking (distributed discrete Gaussian, Kairouz, Liu and "
+            "Steinke 2021): the coordinator is not trusted with it"
+            if distributed
+            else "the coordinator (dp='central': it is trusted to add it)"
+        )
         return {
             "policy": policy.describe(),
             "rounds": self.rounds_run,
@@ -468,12 +508,20 @@ class FederatedEngine(Engine):
             "clip_norm": self.clip_norm,
             "guarantee": (
                 "client-level (add-or-remove-one owner) DP of the global models, Poisson "
-                f"sampling of owners at rate {policy.fraction_fit:g}, noise added by the "
-                f"coordinator ({policy.dp})"
+                f"sampling of owners at rate {policy.fraction_fit:g}, noise added by {who}"
                 if dp
                 else "none: updates are not clipped or noised (epsilon is infinite)"
             ),
-            "accountant": "pld (dp-accounting)",
+            "secure_aggregation": (
+                "SecAgg+ (the coordinator learns only the sum of the survivors' updates)"
+                if policy.secure_aggregation
+                else "off (the coordinator sees each update)"
+            ),
+            "accountant": (
+                "rdp (distributed discrete Gaussian, dp-accounting)"
+                if self.ledger.rdp_rounds
+                else "pld (dp-accounting)"
+            ),
             "record_epsilon": dict(self.record_epsilon),
             "round_log": list(self.history),
         }
@@ -499,6 +547,22 @@ def _raise_failures(failures: dict[str, Exception], what: str) -> None:
         if any(isinstance(error, cls) for error in failures.values()):
             raise cls(message)
     raise PartyError(message)
+
+
+def _secure_job(job: JobSpec, descriptions, n_owners: int, client_dp, policy) -> JobSpec:
+    """The job under secure aggregation: bounded example weights, the owners' DP plan."""
+    changes: dict[str, Any] = {}
+    if job.weighting == "examples":  # n_i / max n keeps every weighted value within the ring
+        changes["weight_scale"] = float(max(d.n_examples for d in descriptions.values()))
+    if job.client_dp is not None and job.client_dp.get("placement") == "distributed":
+        changes["client_dp"] = {
+            **job.client_dp,
+            "vector_length": job.weight_count,
+            "num_owners": n_owners,
+            "min_owners": policy.min_owners,
+            "clip_norm": client_dp.clip_norm,
+        }
+    return dataclasses.replace(job, **changes)
 
 
 def _check_batch_size(batch_size: Any) -> int:

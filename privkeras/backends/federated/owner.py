@@ -20,7 +20,11 @@ Notes:
     itself (the owner need not trust anyone); otherwise, with client-level
     DP, the epsilon of the job's declared plan (sampling rate, noise
     multiplier) over the rounds run so far: with `dp="central"` this trusts
-    the coordinator to add the noise it declares; otherwise infinity.
+    the coordinator to add the noise it declares; with `dp="distributed"`
+    (secure aggregation) the owner adds its share of the noise itself,
+    refuses a round whose noise is below the plan, and counts the
+    distributed discrete Gaussian's epsilon (Kairouz, Liu and Steinke, ICML
+    2021; `secagg.dp`); otherwise infinity.
     Jobs compose by basic composition (epsilons add up; so do deltas, one
     per job). Accounting follows McMahan et al. (ICLR 2018) for client-level
     DP and Abadi et al. (CCS 2016) for DP-SGD, on dp-accounting's PLD.
@@ -41,7 +45,12 @@ import numpy as np
 from privkeras.backends.federated import accounting, aggregation, wire
 from privkeras.backends.federated.errors import OwnerRefusedError, UnknownJobError
 from privkeras.backends.federated.local_training import LocalTrainer, trainer_for
-from privkeras.backends.federated.protocol import DataDescription, JobSpec, error_message
+from privkeras.backends.federated.protocol import (
+    BYTES_PREFIX,
+    DataDescription,
+    JobSpec,
+    error_message,
+)
 from privkeras.errors import CapabilityError, PrivacyBudgetExceededError, PrivacyPolicyError
 
 __all__ = ["OwnerLedger", "OwnerRules", "OwnerService", "as_rows"]
@@ -135,6 +144,25 @@ class OwnerLedger:
                 os.replace(tmp, self.rules.ledger_path)
 
 
+def _plan_epsilon(plan: dict[str, Any], rounds: int, delta: float) -> float:
+    """Client-level epsilon of `rounds` rounds of a job's plan, at the owner's delta."""
+    if plan.get("placement") == "distributed" and "vector_length" in plan:
+        from privkeras.backends.federated.secagg.aggregation import planned_epsilon
+
+        return planned_epsilon(plan, rounds, delta)
+    return accounting.epsilon(plan["sample_rate"], plan["noise_multiplier"], rounds, delta)
+
+
+def _with_bytes(fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The train request's fields with the aggregator's byte values (sent as uint8 arrays)."""
+    extra = {
+        name[len(BYTES_PREFIX) :]: array.tobytes()
+        for name, array in arrays.items()
+        if name.startswith(BYTES_PREFIX) and array.dtype == np.uint8 and array.ndim == 1
+    }
+    return {**fields, **extra} if extra else fields
+
+
 def as_rows(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     """An owner's data as numpy: x float32, y int64 for whole-number labels else float32."""
     from privkeras.backends.federated.errors import OwnerDataError
@@ -173,16 +201,33 @@ class OwnerService:
         x: Its features.
         y: Its labels.
         rules: Its rules (`OwnerRules`).
+        identity: What it signs its secure-aggregation keys with (a
+            `secagg.identity.OwnerIdentity`: a worker's TLS certificate and key,
+            or a simulated owner's), a function making one on first use, or
+            None (it then refuses secure aggregation).
     """
 
-    def __init__(self, name: str, x: Any, y: Any, rules: OwnerRules | None = None):
+    def __init__(
+        self, name: str, x: Any, y: Any, rules: OwnerRules | None = None, identity: Any = None
+    ):
         self.name = name
+        self._identity = identity
+        self._identity_lock = threading.Lock()
         self.x, self.y = as_rows(x, y, name)
         self.rules = rules or OwnerRules()
         self.ledger = OwnerLedger(self.rules, name)
         self._jobs: collections.OrderedDict[str, _Job] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._summary = self._summarize()
+
+    @property
+    def identity(self) -> Any:
+        """The owner's `OwnerIdentity`, or None."""
+        if callable(self._identity):  # made on first use (simulated owners)
+            with self._identity_lock:
+                if callable(self._identity):
+                    self._identity = self._identity()
+        return self._identity
 
     # -- dispatch -----------------------------------------------------------------------------
     def handle(self, method: str, data: bytes) -> bytes:
@@ -261,7 +306,9 @@ class OwnerService:
                 f"Expected the job's model to have {spec.weight_count} weights. "
                 f"Received: a model of {trainer.layout.size} weights"
             )
-        protection = aggregation.OWNER_AGGREGATIONS.get(spec.aggregation)(self.name, spec)
+        protection = aggregation.OWNER_AGGREGATIONS.get(spec.aggregation)(
+            self.name, spec, identity=self.identity
+        )
         self._jobs[spec.job_id] = _Job(spec, trainer, protection, batch_size, local, local_ledger)
         while len(self._jobs) > _MAX_JOBS:
             self._jobs.popitem(last=False)
@@ -302,13 +349,7 @@ class OwnerService:
             rate, noise, count = local
             return local_ledger.projected([accounting.Mechanism(rate, noise, count * spec.rounds)])
         if spec.client_dp is not None:
-            plan = spec.client_dp
-            return accounting.epsilon(
-                plan["sample_rate"],
-                plan["noise_multiplier"],
-                int(plan["rounds"]),
-                self._delta(spec),
-            )
+            return _plan_epsilon(spec.client_dp, int(spec.client_dp["rounds"]), self._delta(spec))
         return math.inf
 
     def _job(self, fields: dict[str, Any]) -> _Job:
@@ -338,6 +379,7 @@ class OwnerService:
                 f"owner {self.name!r} was configured for evaluation only in job {spec.job_id}."
             )
         job_epsilon = self._round_epsilon(job, fields)
+        fields = _with_bytes(fields, arrays)
         self.ledger.check(spec.job_id, job_epsilon, f"round {int(fields.get('round', 0)) + 1}")
         new_weights, metrics = job.trainer.train(
             self.x, self.y, weights, spec.local_epochs, job.batch_size, spec.shuffle
@@ -365,9 +407,7 @@ class OwnerService:
         if plan is None:
             return math.inf
         rounds = int(fields.get("client_rounds", int(fields.get("round", 0)) + 1))
-        return accounting.epsilon(
-            plan["sample_rate"], plan["noise_multiplier"], rounds, self._delta(job.spec)
-        )
+        return _plan_epsilon(plan, rounds, self._delta(job.spec))
 
     def _contribution(self, job: _Job, update: np.ndarray, fields: dict) -> np.ndarray:
         """[weighted or clipped update, weight, (centred clip indicator)] as float32."""
@@ -381,8 +421,9 @@ class OwnerService:
             if spec.adaptive_clipping:
                 tail.append((1.0 if norm <= clip else 0.0) - 0.5)
         else:
-            update = update * len(self.x)
-            tail.append(float(len(self.x)))
+            weight = len(self.x) / float(spec.weight_scale or 1.0)
+            update = update * weight
+            tail.append(weight)
         return np.concatenate([update, np.asarray(tail)]).astype(np.float32)
 
     def evaluate(self, fields: dict[str, Any], arrays: dict[str, np.ndarray]):

@@ -50,6 +50,7 @@ from privkeras.errors import (
 )
 
 __all__ = [
+    "BYTES_PREFIX",
     "DataDescription",
     "EvaluateResult",
     "InProcessTransport",
@@ -142,6 +143,10 @@ class JobSpec:
         local_privacy: A DPSGD policy config, or None.
         aggregation: Name of the aggregator protecting contributions.
         kind: What the job is, checked against the owner's `--allow`.
+        weight_scale: Example-weighted contributions are divided by it (the
+            largest owner's row count under secure aggregation, so that each
+            value stays within the ring's range; 1 otherwise). The average is
+            unchanged: the weights are divided too.
     """
 
     job_id: str
@@ -160,6 +165,7 @@ class JobSpec:
     local_privacy: dict[str, Any] | None = None
     aggregation: str = "plain"
     kind: str = "federated"
+    weight_scale: float = 1.0
 
     def to_fields(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -235,8 +241,20 @@ class OwnerProtocol(abc.ABC):
         """Bytes sent to and received from the owner so far (0, 0 if not counted)."""
         return 0, 0
 
+    def certificate_authority(self) -> bytes | None:
+        """PEM of the CA this coordinator trusts for the owner's certificate, or None.
+
+        Secure aggregation checks owners' certificates against it as they
+        arrive (the owners check each other's in any case).
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional
         """Releases connections."""
+
+
+#: Train-request values that are bytes travel as uint8 arrays named with this prefix.
+BYTES_PREFIX = "bytes/"
 
 
 class Transport(abc.ABC):
@@ -257,6 +275,10 @@ class Transport(abc.ABC):
         answer = self._exchange(method, data, timeout)
         self.bytes_received += len(answer)
         return answer
+
+    def certificate_authority(self) -> bytes | None:
+        """PEM of the CA the owner's certificate should come from, or None."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional
         """Releases connections."""
@@ -285,6 +307,10 @@ class InProcessTransport(Transport):
                 f"past the timeout of {timeout:g} s."
             )
         return answer
+
+    def certificate_authority(self) -> bytes | None:
+        identity = getattr(self.service, "identity", None)
+        return None if identity is None else identity.authority
 
 
 def error_message(error: BaseException) -> bytes:
@@ -342,8 +368,14 @@ class OwnerClient(OwnerProtocol):
     def train(
         self, job_id: str, round_index: int, weights: np.ndarray, fields: dict, timeout: float
     ) -> TrainResult:
-        request = {"job_id": job_id, "round": round_index, **fields}
-        answer, arrays = self._request("train", request, {"weights": weights}, timeout)
+        request = {"job_id": job_id, "round": round_index}
+        sent = {"weights": weights}
+        for key, value in fields.items():
+            if isinstance(value, (bytes, bytearray)):
+                sent[BYTES_PREFIX + key] = np.frombuffer(bytes(value), dtype=np.uint8)
+            else:
+                request[key] = value
+        answer, arrays = self._request("train", request, sent, timeout)
         try:
             return TrainResult(
                 n_examples=int(answer["n_examples"]),
@@ -379,6 +411,9 @@ class OwnerClient(OwnerProtocol):
 
     def traffic(self) -> tuple[int, int]:
         return self.transport.bytes_sent, self.transport.bytes_received
+
+    def certificate_authority(self) -> bytes | None:
+        return self.transport.certificate_authority()
 
     def close(self) -> None:
         self.transport.close()

@@ -69,6 +69,7 @@ class GrpcTransport(Transport):
         credentials = _credentials(owner.credentials)
         name = owner.credentials.get("client_name") or credentials.identity or "coordinator"
         self.owner_name = owner.name
+        self._authority = None if credentials.insecure else credentials.ca_cert
         self._client = Client(name, {owner.name: owner.address}, credentials=credentials)
 
     def _exchange(self, method: str, data: bytes, timeout: float) -> bytes:
@@ -83,6 +84,10 @@ class GrpcTransport(Transport):
             timeout=timeout,
         )
         return reply.tensors[0].tobytes() if reply.tensors else b""
+
+    def certificate_authority(self) -> bytes | None:
+        """The CA the coordinator checks the worker's server certificate against."""
+        return self._authority
 
     def close(self) -> None:
         self._client.close()

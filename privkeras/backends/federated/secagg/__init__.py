@@ -68,6 +68,11 @@ Parameters (`SecAggConfig`, defaults):
   noise of standard deviation z * clip_norm, with conditional stochastic
   rounding; epsilon from `dp.epsilon` / `dp.distributed_dp_epsilon`.
 
+In the federated engine (`aggregation`): `Federated(secure_aggregation=True)`
+runs one SecAgg+ round per federated round, for simulated owners and worker
+processes alike, with owners' keys signed by their certificates
+(`identity`); `dp="distributed"` has the owners add the noise.
+
 Example:
 
 ```python
@@ -79,6 +84,8 @@ report.result.total        # u1 + u2 + u3 (clipped), to about 1e-8
 ```
 """
 
+from privkeras.backends.federated.secagg import aggregation  # registers "secagg"
+from privkeras.backends.federated.secagg.aggregation import SecAggPlusAggregator, SecAggPlusOwner
 from privkeras.backends.federated.secagg.codec import RingCodec
 from privkeras.backends.federated.secagg.coordinator import SecAggCoordinator, SecAggResult
 from privkeras.backends.federated.secagg.cost import owner_cost
@@ -91,6 +98,11 @@ from privkeras.backends.federated.secagg.crypto import (
 from privkeras.backends.federated.secagg.discrete_gaussian import DiscreteGaussian
 from privkeras.backends.federated.secagg.dp import distributed_dp_epsilon, epsilon, round_rdp
 from privkeras.backends.federated.secagg.errors import SecAggMessageError, SecAggRoundError
+from privkeras.backends.federated.secagg.identity import (
+    CertificateVerifier,
+    OwnerIdentity,
+    SimulatedAuthority,
+)
 from privkeras.backends.federated.secagg.messages import STAGES, decode_message
 from privkeras.backends.federated.secagg.owner import OwnerRequirements, SecAggOwner
 from privkeras.backends.federated.secagg.params import RoundParameters, SecAggConfig
@@ -98,10 +110,12 @@ from privkeras.backends.federated.secagg.simulation import SimulationReport, sim
 
 __all__ = [
     "STAGES",
+    "CertificateVerifier",
     "DiscreteGaussian",
     "Ed25519Credentials",
     "Ed25519Signer",
     "KeyVerifier",
+    "OwnerIdentity",
     "OwnerRequirements",
     "RingCodec",
     "RoundParameters",
@@ -109,10 +123,14 @@ __all__ = [
     "SecAggCoordinator",
     "SecAggMessageError",
     "SecAggOwner",
+    "SecAggPlusAggregator",
+    "SecAggPlusOwner",
     "SecAggResult",
     "SecAggRoundError",
     "Signer",
+    "SimulatedAuthority",
     "SimulationReport",
+    "aggregation",
     "decode_message",
     "distributed_dp_epsilon",
     "epsilon",

@@ -47,7 +47,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from privkeras.backends.federated.secagg.params import RoundParameters, SecAggConfig
 
-__all__ = ["RDP_ORDERS", "distributed_dp_epsilon", "epsilon", "round_rdp"]
+__all__ = ["RDP_ORDERS", "distributed_dp_epsilon", "epsilon", "round_rdp", "subsampled_rdp"]
 
 #: dp-accounting's default orders (fractional below 11, where the optimum of a
 #: Gaussian-like curve often lies) plus integer orders up to 512 for subsampling.
@@ -133,7 +133,17 @@ def round_rdp(
         )
     if not 0 < sampling_rate <= 1:
         raise ValueError(f"Expected sampling_rate in (0, 1]. Received: {sampling_rate}")
-    rdp = _unsampled_rdp(params, owners)
+    return subsampled_rdp(_unsampled_rdp(params, owners), orders, sampling_rate)
+
+
+def subsampled_rdp(rdp, orders: Sequence[float], sampling_rate: float) -> np.ndarray:
+    """`rdp(alpha)` at `orders`, amplified by Poisson sampling at integer orders (Zhu and Wang).
+
+    Args:
+        rdp: alpha -> RDP of the mechanism without sampling.
+        orders: RDP orders.
+        sampling_rate: q in (0, 1]; 1 returns `rdp` unchanged.
+    """
     values = []
     for alpha in orders:
         plain = rdp(alpha)
