@@ -28,7 +28,15 @@ def test_the_engine_provides_what_the_trainer_asks_for():
         for name in (*trainer.TrainingEngine.__annotations__, *vars(trainer.TrainingEngine))
         if not name.startswith("_")
     }
-    assert members == {"name", "policy", "runtime", "lower", "validated_inputs", "session"}
+    assert members == {
+        "name",
+        "policy",
+        "runtime",
+        "lower",
+        "validated_inputs",
+        "session",
+        "describe_workers",
+    }
     for name in members:
         assert hasattr(engine.MPCTorchEngine, name) or name in {"policy"}, name
     assert (engine.MODEL_OWNER, engine.CALLER) == (roles.MODEL_OWNER, roles.CALLER)
