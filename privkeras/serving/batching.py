@@ -65,6 +65,10 @@ class Pending:
     def finished(self) -> bool:
         return self._done.is_set()
 
+    def wait_done(self, timeout: float) -> bool:
+        """Waits up to `timeout` seconds for the answer; returns whether it came."""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float) -> Any:
         """Waits for the batch's answer; returns the result or raises its error.
 

@@ -139,7 +139,7 @@ def test_oversized_and_too_frequent_requests_are_refused(served):
         rate_refusals = 0
         one = _components(X[:1])
         for _ in range(160):
-            meta = {"id": _hexid(rng), "ticket": _hexid(rng), "rows": 1, "enqueue": False}
+            meta = {"id": _hexid(rng), "ticket": _hexid(rng), "rows": 1, "wait": False}
             try:
                 transport.call("p1", "serve.submit", [one[1]], meta, timeout=5)
             except PartyError as error:
@@ -217,16 +217,23 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(served):
         except BaseException as error:  # checked below
             outcome["error"] = error
 
+    transport = servers.processes.client("client")
+    one = _components(X[:1])
+    # A part nobody comes back for: p1 drains until its TTL (5 s), a window to knock in.
+    meta = {"id": "e" * 32, "ticket": "f" * 32, "rows": 1, "wait": False}
+    transport.call("p1", "serve.submit", [one[1]], meta, timeout=5)
     thread = threading.Thread(target=request)
     thread.start()
     time.sleep(0.1)  # queued at the front, its inputs held by p1
     children = list(servers.processes.children.values())
     for child in children:
         os.killpg(child.pid, signal.SIGTERM)
-    transport = servers.processes.client("client")
     try:
-        one = _components(X[:1])
-        meta = {"id": "e" * 32, "ticket": "f" * 32, "rows": 1, "enqueue": False}
+        deadline = time.monotonic() + 5
+        while not transport.call("p1", "serve.stats", timeout=5).meta["draining"]:
+            assert time.monotonic() < deadline, "p1 never started draining"
+            time.sleep(0.02)
+        meta = {"id": "9" * 32, "ticket": "f" * 32, "rows": 1, "wait": False}
         with pytest.raises(PartyError, match="shutting down"):
             transport.call("p1", "serve.submit", [one[1]], meta, timeout=5)
     finally:

@@ -164,7 +164,7 @@ def test_a_client_that_goes_away_is_forgotten_and_one_that_skips_a_party_is_refu
     components = share_rows(FixedPointCodec().encode(x[:1]), 2)
     try:
         # Submitted to p1, then gone: p1 holds it until the TTL, then drops it.
-        meta = {"id": "a" * 32, "ticket": "b" * 32, "rows": 1, "enqueue": False}
+        meta = {"id": "a" * 32, "ticket": "b" * 32, "rows": 1, "wait": False}
         transport.call("p1", "serve.submit", [components[1]], meta, timeout=5)
         assert servers.stats("p1")["held_requests"] == 1
         deadline = time.monotonic() + TTL + 5
@@ -172,6 +172,16 @@ def test_a_client_that_goes_away_is_forgotten_and_one_that_skips_a_party_is_refu
             time.sleep(0.25)
         assert servers.stats("p1")["held_requests"] == 0
         assert servers.stats("p1")["held_bytes"] == 0
+
+        # Waiting at p1 for a batch that never comes, then gone (its deadline passed):
+        # p1 lets the part go at once, not at the TTL.
+        meta = {"id": "e" * 32, "ticket": "f" * 32, "rows": 1}
+        with pytest.raises(PartyError):
+            transport.call("p1", "serve.submit", [components[1]], meta, timeout=0.5)
+        deadline = time.monotonic() + 1.5
+        while servers.stats("p1")["held_requests"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert servers.stats("p1")["held_requests"] == 0
 
         # Enqueued at the front without sending p1 its part, while a good client asks too.
         good = {}

@@ -10,25 +10,30 @@ Who holds what:
   (keys from `os.urandom`), sends each party only that party's components,
   and adds up the output components the parties send back to it.
 
-A request, as the client makes it (`MPCServingClient.predict`):
+A request, as the client makes it (`MPCServingClient.predict`): one
+`serve.submit` call to every compute party at once, each carrying that
+party's components of the rows and the request's id; each call returns when
+that party's output component is ready.
 
-1. `serve.submit` to every compute party but the front (`p0`): the party's
-   components of the rows, a request id and a ticket of its own (random,
-   one per party, so that no party can claim another party's output).
-2. `serve.submit` to the front with `enqueue`: the front queues the request
-   in its `Batcher`; requests that arrive together become one batch, up to
-   `max_batch_rows` rows or `max_delay`.
-3. For each batch the front starts one job on the other roles (`serve.start`:
-   the request ids and row counts, nothing secret) and runs its own part:
-   every role stacks its components of the batch's rows, runs the lowered
-   program forward (`SecureProgram.forward`, the same code as
-   `model.predict`) on its weight components, and keeps, per request, its
-   component of the outputs re-randomized with a fresh zero sharing (so the
-   client learns the outputs and nothing about the parties' shares).
-4. The front answers the client's call with its output component; the client
-   pulls the others' (`serve.result`, with that party's ticket) and
-   reconstructs. A request's inputs and outputs are dropped once pulled, or
-   after `request_ttl` if its client went away.
+1. The front (`p0`) queues the request in its `Batcher`: requests that
+   arrive together become one batch, up to `max_batch_rows` rows or
+   `max_delay`.
+2. For each batch the front starts one job on the other roles (`serve.start`:
+   the request ids and row counts, nothing secret; a party waits up to 2 s
+   for a request's part still on its way) and runs its own part: every role
+   stacks its components of the batch's rows, runs the lowered program
+   forward (`SecureProgram.forward`, the same code as `model.predict`) on its
+   weight components, and keeps, per request, its component of the outputs
+   re-randomized with a fresh zero sharing (so that the client learns the
+   outputs and nothing about the parties' shares).
+3. Each party answers the client's call with its output component; the
+   client adds them up. A request the front refuses (rate, size, queue) is
+   dropped by the others too (`serve.drop`); one whose client went away is
+   dropped at once, and anything left over after `request_ttl`.
+
+`serve.submit` with `wait=False` only holds the part, for a later
+`serve.result` with the request's ticket (random, one per party, so that no
+party can claim another party's output).
 
 Every party records each reveal (`predictions` to the requesting client) in
 its own log (`serve.stats`); no party ever holds a row or an output in the
@@ -138,6 +143,7 @@ class HeldRequests:
         self._held: dict[str, _Held] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
 
     def add(self, held: _Held) -> None:
         """Raises PartyError for a request id in use or beyond the byte budget."""
@@ -155,21 +161,40 @@ class HeldRequests:
                 )
             self._held[held.id] = held
             self._bytes += held.nbytes
+            self._arrived.notify_all()
 
-    def claim(self, requests: Sequence[tuple[str, int]]) -> tuple[list[_Held], list[str]]:
-        """Marks waiting requests as running, in order; returns them and the ids it lacks."""
+    def claim(
+        self, requests: Sequence[tuple[str, int]], wait: float = 0.0
+    ) -> tuple[list[_Held], list[str]]:
+        """Marks waiting requests as running, in order; returns them and the ids it lacks.
+
+        Args:
+            requests: `(id, rows)` in batch order.
+            wait: Seconds to wait for requests still on their way (a client sends
+                every party its part at once: the front's job may come first).
+        """
+        deadline = time.monotonic() + wait
         with self._lock:
-            found = [self._held.get(rid) for rid, _ in requests]
-            missing = [
-                rid
-                for (rid, rows), held in zip(requests, found)
-                if held is None or held.state != "waiting" or held.rows != rows
-            ]
+            while True:
+                found = [self._held.get(rid) for rid, _ in requests]
+                missing = [
+                    rid
+                    for (rid, rows), held in zip(requests, found)
+                    if held is None or held.state != "waiting" or held.rows != rows
+                ]
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    break
+                self._arrived.wait(left)
             if missing:
                 return [], missing
             for held in found:
                 held.state = "running"
             return found, []
+
+    def get(self, request_id: str) -> _Held | None:
+        with self._lock:
+            return self._held.get(request_id)
 
     def release(self, helds: Sequence[_Held]) -> None:
         """Puts requests of a cancelled job back (a later batch takes them)."""
@@ -300,6 +325,7 @@ class MPCServer:
             "serve.result": self._result,
             "serve.start": self._start,
             "serve.cancel": self._cancel,
+            "serve.drop": self._drop,
             "serve.stats": self._stats,
         }.items():
             node.register(method, handler)
@@ -323,7 +349,6 @@ class MPCServer:
         return Reply([np.frombuffer(self.model.manifest.raw, dtype=np.uint8)], meta)
 
     def _submit(self, request: Any) -> Any:
-        from privkeras.net import Reply
 
         if self.draining:
             raise PartyError(f"Server {self.role!r} is shutting down: it takes no new requests.")
@@ -333,26 +358,74 @@ class MPCServer:
                 "which holds no shares"
             )
         request_id, ticket = _hex(request.meta, "id"), _hex(request.meta, "ticket")
+        try:
+            return self._take_request(request, request_id, ticket)
+        except PrivkerasError as error:
+            if self.role == self.front:  # the others hold the client's parts: let them go
+                self._drop_others(request_id, error)
+            raise
+
+    def _take_request(self, request: Any, request_id: str, ticket: str) -> Any:
+        from privkeras.net import Reply
+
         rows = _int(request.meta, "rows", 1, self.limits.max_request_rows)
-        enqueue = request.meta.get("enqueue", False)
+        enqueue, wait = request.meta.get("enqueue", False), request.meta.get("wait", True)
         if not isinstance(enqueue, bool) or (enqueue and self.role != self.front):
             raise InvalidInputError(
                 f"Expected enqueue=True only at the front server {self.front!r}. "
                 f"Received: enqueue={enqueue!r} at {self.role!r}"
             )
+        if not isinstance(wait, bool):
+            raise InvalidInputError(f"Expected wait to be a bool. Received: wait={wait!r}")
         self.rates.check(request.peer, self.role)
         parts = self._parts(request.tensors, rows)
         held = _Held(request_id, request.peer, ticket, rows, parts, self.limits.request_ttl)
         self.held.add(held)
-        if not enqueue:
+        if enqueue:
+            try:
+                pending = self.batcher.submit(held, rows)
+            except PrivkerasError:
+                self.held.drop(request_id)
+                raise
+            output, batch = self._wait(pending, request)
+            return Reply([output], {"batch_requests": batch})
+        if not wait:  # held for a later serve.result
             return Reply([], {"ok": True})
+        return Reply([self._await_output(held, request)])
+
+    def _await_output(self, held: _Held, request: Any) -> np.ndarray:
+        """Waits for a held request's output component; a client that goes away frees it."""
+        deadline = time.monotonic() + self.timeout + self.limits.max_delay + 5.0
+        left = request.time_remaining()
+        if left is not None:
+            deadline = min(deadline, time.monotonic() + left)
+        while not held.done.wait(0.05):
+            gone, late = not request.is_active(), time.monotonic() > deadline
+            if gone or late:
+                if held.state == "waiting":
+                    self.held.drop(held.id)
+                raise PartyError(
+                    "The client went away."
+                    if gone
+                    else f"Server {self.role!r} did not run request {held.id[:8]}... in time."
+                )
+        self.held.drop(held.id)
+        if held.error is not None:
+            raise held.error
+        return held.output
+
+    def _drop_others(self, request_id: str, error: BaseException) -> None:
+        for role in self.others:
+            if self.model.manifest.data["mpc"]["parties"][role]["components"]:
+                self._calls.submit(self._call_quietly, role, "serve.drop", request_id, str(error))
+
+    def _call_quietly(self, role: str, method: str, request_id: str, reason: str) -> None:
         try:
-            pending = self.batcher.submit(held, rows)
-        except PrivkerasError:
-            self.held.drop(request_id)
-            raise
-        output, batch = self._wait(pending, request)
-        return Reply([output], {"batch_requests": batch})
+            self.node.call(
+                role, method, meta={"id": request_id, "reason": reason[:300]}, timeout=5.0
+            )
+        except PrivkerasError as error:
+            logger.info("could not tell %r to drop a request: %s", role, error)
 
     def _parts(self, tensors: Sequence[Any], rows: int) -> list[np.ndarray]:
         shape = (rows, *self.model.input_shape)
@@ -378,7 +451,7 @@ class MPCServer:
                 raise PartyError("The client went away.")
             if time.monotonic() > deadline:
                 raise PartyError(f"Server {self.role!r} did not run the request in time.")
-            pending._done.wait(0.05)
+            pending.wait_done(0.05)
         try:
             output = pending.wait(0)
         finally:
@@ -430,7 +503,7 @@ class MPCServer:
             )
         requests = _request_list(request.meta.get("requests"), self.limits)
         if self.model.components:
-            helds, missing = self.held.claim(requests)
+            helds, missing = self.held.claim(requests, wait=min(2.0, self.timeout))
             if missing:
                 return Reply([], {"missing": missing})
         else:
@@ -443,6 +516,19 @@ class MPCServer:
             self._jobs[request.job] = job
         job.thread.start()
         return Reply([], {"ok": True})
+
+    def _drop(self, request: Any) -> Any:
+        """The front refused a request: fail it here too (its client waits for it)."""
+        if request.peer != self.front or self.role == self.front:
+            raise AuthenticationError(
+                f"Expected serve.drop from the front server {self.front!r}. "
+                f"Received: one from {request.peer!r}"
+            )
+        request_id = _hex(request.meta, "id")
+        held = self.held.get(request_id)
+        if held is not None and held.state == "waiting":
+            reason = str(request.meta.get("reason", "refused by the front server"))[:300]
+            self.held.fail(held, PartyError(f"The front server refused the request: {reason}"))
 
     def _cancel(self, request: Any) -> Any:
         self._from_front(request)
@@ -817,17 +903,18 @@ class MPCServingClient:
             tensors = [components[c] for c in self.holdings[role]]
             return self.transport.call(role, "serve.submit", tensors, meta, timeout=_left(deadline))
 
-        for call in [self._calls.submit(submit, role, False) for role in others]:
-            call.result()
-        parts = [submit(self.front, True).tensors[0]]
-        pulls = [
-            self._calls.submit(
-                self.transport.call, role, "serve.result",
-                meta={"id": request_id, "ticket": tickets[role]}, timeout=_left(deadline),
-            )
-            for role in others
-        ]  # fmt: skip
-        parts += [pull.result().tensors[0] for pull in pulls]
+        calls = [self._calls.submit(submit, role, False) for role in others]
+        try:
+            parts = [submit(self.front, True).tensors[0]]  # every party at once: one round trip
+        except PrivkerasError as error:
+            # A dead or stalled party shows at the front as a batch that never ends: the
+            # call to that party names it, so raise that error if there is one.
+            for call in calls:
+                failure = call.exception(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+                if failure is not None:
+                    raise failure from error
+            raise
+        parts += [call.result().tensors[0] for call in calls]
         return reconstruct(parts, self.codec)
 
     def close(self) -> None:
