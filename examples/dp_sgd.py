@@ -63,8 +63,13 @@ def train(privacy, seed: int = 0, verbose: int = 0) -> tuple[float, dict | None]
 def one_run(noise: float | None, target: float | None) -> None:
     policy = pk.DPSGD(l2_norm_clip=1.0, noise_multiplier=noise, target_epsilon=target, delta=DELTA)
     accuracy, report = train(policy, verbose=2)
-    print(f"test accuracy {accuracy:.3f}; epsilon {report['epsilon']:.2f} at delta {DELTA:g}")
-    for key in ("steps", "sample_rate", "noise_multiplier", "accountant", "epsilon_assumes"):
+    print(
+        f"test accuracy {accuracy:.3f}; epsilon {report['epsilon']:.2f} at delta "
+        f"{report['delta']:g} ({report['accountant_delta']:g} for the accountant, "
+        f"{report['sampler_delta']:.1e} for the noise sampler)"
+    )
+    keys = ("steps", "sample_rate", "noise_multiplier", "accountant", "epsilon_assumes", "noise")
+    for key in keys:
         print(f"  {key}: {report[key]}")
     print(f"  clipping: {report['clipping']}")
 

@@ -10,11 +10,13 @@ routes, both keyed from `os.urandom` at every run (the core's AES-256-CTR
   the real number `x + std * N`, where N is an ideal Gaussian: Box-Muller on
   uniforms with infinitely many random bits, of which it draws as many as
   the rounding needs. 52 bits per uniform and float64 arithmetic with an
-  error bound settle all but about one coordinate in a million; those are
-  recomputed in interval arithmetic (mpmath) with 64 more random bits per
-  uniform, and again, until the float32 is certain. The output is then a
-  deterministic function of the ideal Gaussian mechanism's real-valued
-  output: post-processing, with exactly the privacy the accountant assumes.
+  error bound settle all but about one coordinate in 100,000 (2.7 per step
+  of the MNIST MLP); those are recomputed with 64 more random bits per
+  uniform in long double, and, if still undecided, in mpmath interval
+  arithmetic with 64 more, and so on, until the float32 is certain. The
+  output is then a deterministic function of the ideal Gaussian
+  mechanism's real-valued output: post-processing, with exactly the privacy
+  the accountant assumes.
 - `NoiseWords` + `gaussian_from_words` (the device route: accelerator and
   XLA models, where the step cannot call back to the host): the host draws
   the random words (AES-CTR, one step ahead), the step turns them into
@@ -34,15 +36,17 @@ Notes:
     including Opacus's, and Holohan and Braghin ("Secure random sampling in
     differential privacy", ESORICS 2021) proposed the mitigation Opacus's
     `secure_mode` uses: a sum of several samples, which makes reconstruction
-    hard without making the output exact. The host route goes further, as
-    Mironov's snapping and the interval refining of Haney, Desfontaines,
-    Hartman, Shrestha and Hay ("Precision-based attacks and interval
-    refining", PETS 2023) do: it outputs exactly the rounded ideal mechanism,
-    so no output is possible under one dataset and impossible under its
-    neighbour, and the tails are complete (no truncation: the uniforms get
-    as many bits as a sample needs, up to `max_extra_bits`, whose
-    `2^-(52 + max_extra_bits)` per pair `failure_per_step` reports: 2^-1012,
-    about 1e-305, the smallest power of 2^64 still a normal float64).
+    hard without making the output exact. The host route goes further, in
+    the spirit of Mironov's snapping mechanism (round the output, so that
+    the noise's fine structure cannot show) and as the interval refining of
+    Haney, Desfontaines, Hartman, Shrestha and Hay ("Precision-based attacks
+    and interval refining: how to break, then fix, differential privacy on
+    finite computers", PETS 2023) does: it outputs exactly the rounded ideal
+    mechanism, so no output is possible under one dataset and impossible
+    under its neighbour, and the tails are complete (no truncation: the
+    uniforms get as many bits as a sample needs, up to `max_extra_bits`,
+    whose `2^-(52 + max_extra_bits)` per pair `failure_per_step` reports:
+    2^-1012, about 1e-305).
     The error bound of the float64 pass assumes numpy's `log` and `tan` are
     within 2^-48 relative (16 to 32 ulp) of the truth (numpy states 4 ulp;
     the tests measure 0.5 against mpmath), and correctly rounded `sqrt` and

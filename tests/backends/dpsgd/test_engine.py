@@ -485,3 +485,20 @@ def test_history_epsilon_is_a_close_upper_bound_of_the_exact_one(data):
     history = model.fit(x, y, batch_size=8, epochs=3, verbose=0)
     exact = model.privacy_report()["epsilon"]
     assert exact <= history.history["epsilon"][-1] <= exact + 0.01
+
+
+def test_the_tf_data_pipeline_is_kept_for_equal_arrays_only(data):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the pipeline is TensorFlow's")
+    x, y = data
+    model = _model(privacy=_policy(accountant="rdp"))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    trainer = model.engine._kept.trainer
+    pipeline = trainer._pipeline
+    model.fit(x.copy(), y.copy(), batch_size=16, epochs=1, verbose=0)  # equal, not the same
+    assert trainer._pipeline is pipeline
+    changed = x.copy()
+    changed[3, 2] += 1.0
+    model.fit(changed, y, batch_size=16, epochs=1, verbose=0)
+    assert trainer._pipeline is not pipeline
+    np.testing.assert_array_equal(trainer._pipeline.tensors[0].numpy(), changed)
