@@ -29,6 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--id", required=True, choices=ROLES, help="this party's name")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for the ring kernels (default: the framework's; give each of several "
+        "parties on one host its share of the cores)",
+    )
     options.add_transport_arguments(parser)
     parser.set_defaults(run=lambda args: options.run_command(serve, args))
 
@@ -41,6 +48,16 @@ def serve(args: argparse.Namespace) -> int:
     # backend starts faster than TensorFlow (a `tfe` job still loads TensorFlow).
     os.environ.setdefault("KERAS_BACKEND", "torch")
     node = options.node_from_args(args, name=args.id)  # every check before anything starts
+    if args.threads is not None:
+        if args.threads < 1:
+            from privkeras.errors import PrivacyPolicyError
+
+            raise PrivacyPolicyError(f"Expected --threads >= 1. Received: --threads={args.threads}")
+        for variable in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            os.environ[variable] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
     import keras  # noqa: F401 - loaded before announcing ready, not during the first job
 
     from privkeras.backends.mpc import party  # noqa: F401

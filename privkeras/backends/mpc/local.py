@@ -106,7 +106,8 @@ def local_cluster(
     owners = dict(owners or {})
     processes = LocalCluster(
         _ROLES[protocol],
-        command=["party", "--timeout", str(float(timeout))],
+        # The parties share this host's cores: one kernel thread each (as on one core per party).
+        command=["party", "--timeout", str(float(timeout)), "--threads", "1"],
         auth="mtls" if tls else "insecure",
         driver=DRIVER,
         name_flag="--id",
