@@ -179,6 +179,28 @@ def test_sixty_owners_with_a_third_dropping_across_stages(spy):
     assert report["neighbours"] == 59 and report["min_survivors"] == 40
 
 
+def test_an_owner_that_restarted_is_configured_again_and_takes_part(spy):
+    """o1 loses its jobs between rounds (a restarted worker): at the next round's key
+    exchange it says so, gets the job again, and its certificates are sent again."""
+    import keras
+
+    parts = make_partitions(sizes=(12,) * 4)
+    data = FederatedData.simulate(parts, names=["o0", "o1", "o2", "o3"])
+    service = data.clients()[1].transport.service
+
+    class Restart(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                service._jobs.clear()
+
+    model = make_model(pk.Federated(rounds=2, min_owners=4, secure_aggregation=True))
+    history = model.fit(data, batch_size=16, verbose=0, callbacks=[Restart()]).history
+    assert history["owners"] == [4.0, 4.0]
+    spy.assert_exact(1)
+    second = model.privacy_report()["round_log"][1]["aggregation"]["stages"]["share_keys"]
+    assert second["bytes_down"]["o1"] > second["bytes_down"]["o0"] + 3 * 200  # 3 certificates
+
+
 def test_secure_aggregation_needs_two_owners():
     model = make_model(pk.Federated(rounds=1, min_owners=1, secure_aggregation=True))
     with pytest.raises(PrivacyPolicyError, match="at least 2 owners"):
