@@ -20,6 +20,14 @@ draws (Hall's condition, checked with augmenting paths). A value with no
 mask of its own is a leak: the test names it with the round, the sender and
 the draws it does depend on.
 
+"Changes as a pad" is a statistical test: every bit a value carries must flip
+in about half of its elements (a change of every element would also accept a
+pad on the high bits only, or a biased bit pad). And pads must not cancel:
+for every two received values of one shape, their sum, difference and XOR
+must have a pad too. A third test checks that the message pattern does not
+depend on the secrets, and a fourth that the checks flag three broken
+protocols that the earlier criterion passed.
+
 The adversary test beside it replays the attack of the review that found the
 ABY3 helper leak (issue 8): p2, using only what it received and what it
 dealt, tries to recover the comparison bits and the ReLU inputs of a
@@ -30,7 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
+import math
 import re
+import sys
 from typing import Any
 
 import keras
@@ -209,30 +221,110 @@ def run_job(protocol: str, job: str, trace: Trace, seed: int = 11) -> Trace:
 
 
 # -- provenance -------------------------------------------------------------------------------------
+def _positions(a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
+    """The bit positions a value carries: all 64, or those a narrow value ever uses."""
+    if bits >= 64:
+        return np.arange(64)
+    used = int(np.bitwise_or.reduce((a | b).ravel().view(np.uint64)))
+    return np.array([j for j in range(64) if used >> j & 1], dtype=np.int64)
+
+
+@functools.cache
+def _fair_flip_counts(n: int) -> tuple[int, int]:
+    """The flip counts of one bit over n elements that a fair pad gives (two-sided, 1e-9)."""
+    k = np.arange(n + 1)
+    log_pmf = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k]
+    cdf = np.cumsum(np.exp(np.array(log_pmf) - n * math.log(2)))
+    fair = np.minimum(cdf, cdf[::-1]) >= 1e-9  # P(X <= k) and, by symmetry, P(X >= k)
+    return int(k[fair].min()), int(k[fair].max())
+
+
+def pads(a: np.ndarray, b: np.ndarray, bits: int) -> bool:
+    """Whether knocking out one draw changed a value from a to b as a one-time pad would.
+
+    A pad makes every bit the value carries flip in about half of the elements: each
+    position's flip count must pass a two-sided binomial test at level 1e-9. (A change
+    of every element, the earlier criterion, also accepts a pad on the high bits only,
+    x + (r << 32), and a biased bit pad, b ^ (r & s).) With too few elements for the
+    test to tell (under about 30), any change is accepted.
+    """
+    flips = np.bitwise_xor(a, b).ravel().view(np.uint64)
+    positions = _positions(a, b, bits)
+    if not np.any(flips) or not len(positions):
+        return False
+    counts = ((flips[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)).sum(axis=0)
+    low, high = _fair_flip_counts(flips.size)
+    return bool(np.all((counts[positions] >= low) & (counts[positions] <= high)))
+
+
 def changed_fully(base: Received, other: Received) -> bool:
     """Whether a received value changed as a one-time pad changes it."""
-    flips = np.bitwise_xor(base.value, other.value)
-    if base.bits >= 64:
-        return bool(np.all(flips != 0))
-    # A narrow value (bits, or words with few meaningful positions): a fresh pad changes
-    # each element with probability 1 - 2^-bits; ask for a quarter of that (a chance
-    # miss over 32 elements is below 1e-6).
-    return bool(np.mean(flips != 0) >= (1 - 2.0**-base.bits) / 4)
+    return pads(base.value, other.value, base.bits)
 
 
-def provenance(protocol: str, job: str, party: str):
-    """Received values of `party`, and for each the unknown draws that mask it fully."""
-    base = run_job(protocol, job, Trace())
+#: How two received values of one shape may be combined to cancel their pads.
+COMBINATIONS = {
+    "add": lambda x, y: (x.view(np.uint64) + y.view(np.uint64)).view(np.int64),
+    "sub": lambda x, y: (x.view(np.uint64) - y.view(np.uint64)).view(np.int64),
+    "xor": np.bitwise_xor,
+}
+
+
+def _kind(value: Received) -> tuple:
+    used = (
+        64 if value.bits >= 64 else int(np.bitwise_or.reduce(value.value.ravel().view(np.uint64)))
+    )
+    return value.value.shape, value.bits, used
+
+
+def _combinations(value: Received) -> list[str]:
+    return list(COMBINATIONS) if value.bits >= 64 else ["xor"]  # narrow: XOR shares of bits
+
+
+def provenance(protocol: str, job: str, party: str, run=None):
+    """Received values of `party`, the unknown draws that pad each, and unpadded pairs.
+
+    A pair (i, j, combination) is unpadded when no single knockout pads
+    combination(value i, value j): two messages whose pads cancel, as
+    (x + r + s, y - r - s) does, each have a pad of their own but their sum has none.
+    """
+    run = run or (lambda trace: run_job(protocol, job, trace))
+    base = run(Trace())
     inbox = base.inboxes.get(party, [])
     unknown = sorted({d for d in base.draws if party not in holders(d[0])})
     masks: list[set[tuple[str, int]]] = [set() for _ in inbox]
+    groups: dict[tuple, list[int]] = {}
+    for position, value in enumerate(inbox):
+        groups.setdefault(_kind(value), []).append(position)
+    padded_pairs: set[tuple[int, int, str]] = set()
     for draw in unknown:
-        other = run_job(protocol, job, Trace(knockout=draw)).inboxes.get(party, [])
+        other = run(Trace(knockout=draw)).inboxes.get(party, [])
         assert len(other) == len(inbox), "a knockout changed the message pattern"
+        changed = []
         for position, (a, b) in enumerate(zip(inbox, other)):
             if changed_fully(a, b):
                 masks[position].add(draw)
-    return inbox, masks
+            if not np.array_equal(a.value, b.value):
+                changed.append(position)
+        for i in changed:
+            for j in groups[_kind(inbox[i])]:
+                low, high = min(i, j), max(i, j)
+                for name in _combinations(inbox[i]):
+                    if i == j or (low, high, name) in padded_pairs:
+                        continue
+                    combine = COMBINATIONS[name]
+                    before = combine(inbox[low].value, inbox[high].value)
+                    after = combine(other[low].value, other[high].value)
+                    if pads(before, after, inbox[i].bits):
+                        padded_pairs.add((low, high, name))
+    unpadded = [
+        (i, j, name)
+        for members in groups.values()
+        for i, j in itertools.combinations(members, 2)
+        for name in _combinations(inbox[i])
+        if (i, j, name) not in padded_pairs
+    ]
+    return inbox, masks, unpadded
 
 
 def unmatched(masks: list[set]) -> list[int]:
@@ -259,13 +351,17 @@ CASES = [(protocol, party) for protocol, parties in PARTIES.items() for party in
 @pytest.mark.parametrize("job", ["predict", "fit"])
 @pytest.mark.parametrize(("protocol", "party"), CASES)
 def test_every_received_value_has_a_mask_of_its_own(protocol, party, job):
-    inbox, masks = provenance(protocol, job, party)
+    inbox, masks, unpadded = provenance(protocol, job, party)
     leaks = unmatched(masks)
     described = [
-        f"{inbox[i].name()}: depends on {sorted(masks[i]) or 'no unknown randomness'}"
+        f"{inbox[i].name()}: padded by {sorted(masks[i]) or 'no unknown randomness'}"
         for i in leaks[:5]
     ]
     assert not leaks, f"{party} ({protocol}, {job}) can unmask {len(leaks)} values: {described}"
+    pairs = [f"{name}({inbox[i].name()}; {inbox[j].name()})" for i, j, name in unpadded[:5]]
+    assert not unpadded, (
+        f"{party} ({protocol}, {job}): pads cancel in {len(unpadded)} pairs: {pairs}"
+    )
     if party == "dealer":
         assert not inbox  # Pond's dealer receives nothing at all
 
@@ -277,6 +373,82 @@ def test_holders_know_every_label_the_runtime_draws():
             for label in labels:
                 assert holders(label), label
             assert all(re.fullmatch(r"[a-z0-9/_]+", label) for label in labels)
+
+
+@pytest.mark.parametrize("job", ["predict", "fit"])
+@pytest.mark.parametrize("protocol", list(PARTIES))
+def test_message_pattern_does_not_depend_on_the_secrets(protocol, job, monkeypatch):
+    """Rounds, senders, shapes and widths are the same for other inputs and labels."""
+    first = run_job(protocol, job, Trace()).inboxes
+    x, y = _data()
+    monkeypatch.setattr(sys.modules[__name__], "_data", lambda: (3.0 * x - 1.0, y[::-1].copy()))
+    second = run_job(protocol, job, Trace()).inboxes
+
+    def pattern(inboxes):
+        return {
+            party: [(r.round, r.src, r.item, r.value.shape, r.bits) for r in values]
+            for party, values in inboxes.items()
+        }
+
+    assert pattern(first) == pattern(second)
+
+
+# -- the checker catches the leaks it is meant to catch ------------------------------------------
+def _broken_from_two_party(kind):
+    """`_from_two_party` whose pads look fine one message at a time but do not hide."""
+    original = _aby3_protocol()._from_two_party
+
+    def broken(self, values):
+        draws, ring = [], self.ring
+
+        def fake_ring(stream, shape):
+            value = ring(stream, shape)
+            draws.append(value)
+            if value is None:
+                return None
+            k = self.kernels
+            if kind == "lowbits":  # the pad covers bits 32..63 only
+                return k.shift_left(value, 32)
+            n = len(values)  # cancel: rho = 0, sigma = rho + sigma (the sum is unpadded)
+            if len(draws) <= n:
+                return k.sub(value, value)
+            return k.add(draws[len(draws) - 1 - n], value)
+
+        self.ring = fake_ring
+        try:
+            return original(self, values)
+        finally:
+            del self.ring
+
+    return broken
+
+
+def _aby3_protocol():
+    from privkeras.backends.mpc.protocols.aby3 import ABY3Protocol
+
+    return ABY3Protocol
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["cancel", "lowbits", "biased"])
+def test_the_view_check_flags_pads_that_do_not_hide(kind, monkeypatch):
+    """Three broken protocols, each correct and each passing the earlier check, are flagged."""
+    from privkeras.backends.mpc.dealer import Dealer
+
+    if kind == "biased":  # p0's share of the dealer's bit is 1 a quarter of the time
+        seeded = Dealer._seeded_bits
+
+        def biased(self, party, shape):
+            bits = seeded(self, party, shape)
+            return bits if bits is None or party != 0 else bits & seeded(self, party, shape)
+
+        monkeypatch.setattr(Dealer, "_seeded_bits", biased)
+        protocol, party = "pond", "p1"
+    else:
+        monkeypatch.setattr(_aby3_protocol(), "_from_two_party", _broken_from_two_party(kind))
+        protocol, party = "aby3", "p2"
+    _, masks, unpadded = provenance(protocol, "predict", party)
+    assert unmatched(masks) or unpadded
 
 
 # -- the attack that found the ABY3 helper leak -----------------------------------------------------
