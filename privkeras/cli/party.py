@@ -36,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for the ring kernels (default: the framework's; give each of several "
         "parties on one host its share of the cores)",
     )
+    parser.add_argument(
+        "--allow-seeded-jobs",
+        action="store_true",
+        help="take jobs with MPC(seed=...), whose keys all derive from the seed: tests only",
+    )
     options.add_transport_arguments(parser)
     parser.set_defaults(run=lambda args: options.run_command(serve, args))
 
@@ -63,5 +68,5 @@ def serve(args: argparse.Namespace) -> int:
     from privkeras.backends.mpc import party  # noqa: F401
     from privkeras.backends.mpc.network import PartyService
 
-    PartyService(node, timeout=args.timeout)
+    PartyService(node, timeout=args.timeout, allow_seeded_jobs=args.allow_seeded_jobs)
     return options.serve(args, node)

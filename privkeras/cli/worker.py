@@ -65,6 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for local training (default: the framework's; give each of several "
         "workers on one host its share of the cores)",
     )
+    parser.add_argument(
+        "--allow-seeded-jobs",
+        action="store_true",
+        help="share rows in MPC jobs with MPC(seed=...) (every key from the seed): tests only",
+    )
     options.add_transport_arguments(parser, cluster=False)
     parser.set_defaults(run=lambda args: options.run_command(run, args))
 
@@ -200,7 +205,15 @@ def run(args: argparse.Namespace) -> int:
     from privkeras.backends.mpc.owners import OwnerShareService
 
     # MPC jobs secret-share the rows straight to the compute parties (refused without --allow mpc).
-    OwnerShareService(args.name, x, y, node, allowed="mpc" in rules.allow, timeout=args.timeout)
+    OwnerShareService(
+        args.name,
+        x,
+        y,
+        node,
+        allowed="mpc" in rules.allow,
+        timeout=args.timeout,
+        allow_seeded_jobs=args.allow_seeded_jobs,
+    )
     logger.info(
         "worker %r holds %d rows of shape %s; allows %s; budget %s",
         args.name,

@@ -227,3 +227,13 @@ def test_party_logs_hold_no_share_or_secret_value(cluster):
         # ...but never of ring values: shares and masks are uniform 64-bit words, printed as
         # whole numbers of 15 to 20 digits (a framework's float, 0.20000000298023224, is not).
         assert not re.search(r"(?<![\d.])-?\d{15,20}(?![\d.])", log), name
+
+
+def test_parties_started_by_hand_refuse_seeded_jobs():
+    """A seed derives every key: a party process takes such jobs only if told it runs tests."""
+    with pk.mpc.local_cluster("pond", allow_seeded_jobs=False, timeout=TIMEOUT) as strict:
+        seeded = _model(strict.policy(engine="torch", seed=1, timeout=TIMEOUT))
+        with pytest.raises(PartyError, match="seed"):
+            seeded.predict(X, batch_size=8, verbose=0)
+        unseeded = _model(strict.policy(engine="torch", timeout=TIMEOUT))
+        assert unseeded.predict(X, batch_size=8, verbose=0).shape == (len(X), 3)

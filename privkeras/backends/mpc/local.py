@@ -71,6 +71,7 @@ def local_cluster(
     timeout: float = 30.0,
     workdir: str | None = None,
     owners: dict[str, tuple[Any, Any]] | None = None,
+    allow_seeded_jobs: bool = True,
 ) -> Iterator[LocalPartyCluster]:
     """Starts the party processes of `protocol` on loopback; stops them on exit.
 
@@ -81,6 +82,10 @@ def local_cluster(
         timeout: Each party's deadline for every network wait.
         workdir: Where logs, certificates and the cluster file go (a new
             temporary folder, removed on exit, if None).
+        allow_seeded_jobs: Let the processes take `MPC(seed=...)` jobs, whose keys
+            all derive from the seed (reproducible tests; True by default here,
+            since these processes are for tests, examples and demos). Party
+            processes started by hand refuse them unless `--allow-seeded-jobs`.
         owners: `{name: (x, y)}`: also start one `privkeras worker --allow mpc`
             per data owner (same CA), whose handles are `.owners`: train on
             them with `model.fit(pk.SharedData(cluster.owners))`.
@@ -107,7 +112,8 @@ def local_cluster(
     processes = LocalCluster(
         _ROLES[protocol],
         # The parties share this host's cores: one kernel thread each (as on one core per party).
-        command=["party", "--timeout", str(float(timeout)), "--threads", "1"],
+        command=["party", "--timeout", str(float(timeout)), "--threads", "1"]
+        + (["--allow-seeded-jobs"] if allow_seeded_jobs else []),
         auth="mtls" if tls else "insecure",
         driver=DRIVER,
         name_flag="--id",
@@ -116,12 +122,14 @@ def local_cluster(
     )
     with processes:
         cluster = LocalPartyCluster(protocol, processes)
-        cluster.owners = _start_workers(processes, owners, timeout)
+        cluster.owners = _start_workers(processes, owners, timeout, allow_seeded_jobs)
         with use_credentials(processes.credentials(DRIVER), cluster.parties):
             yield cluster
 
 
-def _start_workers(processes: Any, owners: dict[str, tuple[Any, Any]], timeout: float) -> list:
+def _start_workers(
+    processes: Any, owners: dict[str, tuple[Any, Any]], timeout: float, allow_seeded_jobs: bool
+) -> list:
     import threading
 
     import numpy as np
@@ -134,6 +142,7 @@ def _start_workers(processes: Any, owners: dict[str, tuple[Any, Any]], timeout: 
             path = processes.workdir / f"{name}.npz"
             np.savez(path, x=np.asarray(data[0]), y=np.asarray(data[1]))
             argv = ["worker", "--name", name, "--data", str(path), "--allow", "mpc"]
+            argv += ["--allow-seeded-jobs"] if allow_seeded_jobs else []
             argv += ["--listen", "127.0.0.1:0", "--timeout", str(float(timeout)), "--threads", "1"]
             argv += processes.credential_flags()
             child = processes.start(name, argv, ready_timeout=processes.ready_timeout)

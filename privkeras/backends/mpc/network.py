@@ -227,8 +227,9 @@ class PartyService:
         timeout: Seconds any wait of a job may take.
     """
 
-    def __init__(self, node: Any, timeout: float = 30.0):
+    def __init__(self, node: Any, timeout: float = 30.0, allow_seeded_jobs: bool = False):
         self.node, self.timeout = node, timeout
+        self.allow_seeded_jobs = allow_seeded_jobs
         self.outbox = Outbox()
         self._jobs: dict[str, _PartyJob] = {}
         self._lock = threading.Lock()
@@ -247,6 +248,7 @@ class PartyService:
                 f"Expected jobs from {DRIVER!r}. Received: mpc.start from {request.peer!r}"
             )
         spec = JobSpec.from_json(_spec_bytes(request.tensors))
+        refuse_seeded(spec, self.allow_seeded_jobs, f"party {self.node.name!r}")
         if self.node.name not in job_roles(spec.protocol):
             raise PartyError(
                 f"Expected a {spec.protocol} job for one of {list(job_roles(spec.protocol))}. "
@@ -362,6 +364,24 @@ class _PartyJob:
             },
             "reveals": [[r.what, r.to, list(r.shape)] for r in self.runtime.reveal_log],
         }
+
+
+def refuse_seeded(spec: JobSpec, allowed: bool, who: str) -> None:
+    """Refuses a job whose keys all derive from a public seed, unless the process is a test's.
+
+    With `MPC(seed=...)` every process derives every key from the seed, so each
+    party could compute everyone's shares: fine for a test's reproducible run,
+    never with real secrets. A party or worker takes such jobs only when started
+    with `--allow-seeded-jobs` (`local_cluster` does, for tests).
+
+    Raises:
+        PartyError: For a seeded job in a process that does not allow them.
+    """
+    if spec.seed is not None and not allowed:
+        raise PartyError(
+            f"Expected a job without MPC(seed=...): {who} derives no key from a seed it "
+            "did not agree (start it with --allow-seeded-jobs for tests). Received: a seeded job"
+        )
 
 
 def _spec_bytes(tensors: Sequence[Any]) -> bytes:

@@ -48,8 +48,18 @@ class OwnerShareService:
         timeout: Seconds any wait may take.
     """
 
-    def __init__(self, name: str, x: Any, y: Any, node: Any, allowed: bool, timeout: float = 30.0):
+    def __init__(
+        self,
+        name: str,
+        x: Any,
+        y: Any,
+        node: Any,
+        allowed: bool,
+        timeout: float = 30.0,
+        allow_seeded_jobs: bool = False,
+    ):
         self.name, self.node, self.allowed, self.timeout = name, node, allowed, timeout
+        self.allow_seeded_jobs = allow_seeded_jobs
         self.x = as_float_array(x, f"x of {name!r}")
         self.y = np.asarray(y)
         node.register("mpc.describe", self._describe)
@@ -78,12 +88,13 @@ class OwnerShareService:
         )
 
     def _share(self, request: Any) -> Any:
-        from privkeras.backends.mpc.network import NetworkCommunicator, _spec_bytes
+        from privkeras.backends.mpc.network import NetworkCommunicator, _spec_bytes, refuse_seeded
         from privkeras.core.kernels import get_kernels
         from privkeras.net import Reply
 
         self._refuse_unless_allowed()
         spec = JobSpec.from_json(_spec_bytes(request.tensors))
+        refuse_seeded(spec, self.allow_seeded_jobs, f"data owner {self.name!r}")
         index, parties = request.meta.get("index"), request.meta.get("parties")
         if self.name not in spec.workers or not isinstance(parties, dict):
             raise PartyError(
