@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -506,6 +507,7 @@ class SecAggPlusOwner(OwnerAggregation):
         )
         self._round_index: int | None = None
         self._owner: SecAggOwner | None = None
+        self._lock = threading.Lock()  # a worker serves calls in threads: one stage at a time
 
     def _vector_length(self) -> int:
         if self.distributed:
@@ -522,6 +524,10 @@ class SecAggPlusOwner(OwnerAggregation):
         return self._owner
 
     def handle(self, message, fields, arrays):
+        with self._lock:
+            return self._handle(message, fields, arrays)
+
+    def _handle(self, message, fields, arrays):
         data = _as_bytes(arrays, "message", f"the {message} request")
         if message == "advertise_keys":
             return self._advertise_keys(fields, data)
@@ -564,6 +570,10 @@ class SecAggPlusOwner(OwnerAggregation):
         return {"session": self.session}, arrays
 
     def protect(self, contribution, request):
+        with self._lock:
+            return self._protect(contribution, request)
+
+    def _protect(self, contribution, request):
         owner = self._current(request)
         forwarded = request.get(FORWARDED)
         if not isinstance(forwarded, bytes):
