@@ -32,8 +32,9 @@ the stage and the owners, and the engine stops: never a wrong aggregate.
 
 Keys are authenticated by certificates (`identity`): each owner signs its
 round keys with its certificate's key; the coordinator forwards each owner's
-certificate to its neighbours once per job, and they check it against their
-own CA before they believe a key (`AuthenticationError` otherwise). With
+certificate to each neighbour that does not hold it yet (the owner side
+tells a new job by its `session`), and the neighbours check it against
+their own CA before they believe a key (`AuthenticationError` otherwise). With
 `dp="distributed"` each owner also refuses a round whose noise multiplier is
 below its job's plan or whose clip norm is above it, so the epsilon its own
 ledger counts (`planned_epsilon`) holds without trusting the coordinator.
