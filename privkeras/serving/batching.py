@@ -41,11 +41,22 @@ class Pending:
         arrived: `time.monotonic()` when it was queued.
     """
 
-    __slots__ = ("_done", "arrived", "batch_size", "error", "payload", "result", "rows", "state")
+    __slots__ = (
+        "_done",
+        "arrived",
+        "batch_size",
+        "error",
+        "not_before",
+        "payload",
+        "result",
+        "rows",
+        "state",
+    )
 
     def __init__(self, payload: Any, rows: int):
         self.payload, self.rows = payload, rows
         self.arrived = time.monotonic()
+        self.not_before = 0.0  # a requeued request waits until then
         self.state = "queued"  # queued -> running -> done | failed; or cancelled
         self.result: Any = None
         self.error: BaseException | None = None
@@ -147,6 +158,14 @@ class Batcher:
                 self._queue.remove(pending)
             return True
 
+    def requeue(self, pending: Pending, delay: float = 0.0) -> None:
+        """Puts a request a batch took back at the head of the queue, for a batch after `delay` s."""
+        with self._cond:
+            pending.state = "queued"
+            pending.not_before = time.monotonic() + delay
+            self._queue.appendleft(pending)
+            self._cond.notify_all()
+
     @property
     def queued(self) -> int:
         with self._cond:
@@ -167,19 +186,24 @@ class Batcher:
     def _take(self) -> list[Pending] | None:
         with self._cond:
             while True:
-                if not self._queue:
-                    if self._closed:
+                now = time.monotonic()
+                ready = [p for p in self._queue if p.not_before <= now]
+                if not ready:
+                    if not self._queue and self._closed:
                         return None
-                    self._cond.wait()
+                    soonest = min((p.not_before - now for p in self._queue), default=None)
+                    self._cond.wait(soonest)
                     continue
-                rows = sum(p.rows for p in self._queue)
-                left = self._queue[0].arrived + self.max_delay - time.monotonic()
+                rows = sum(p.rows for p in ready)
+                left = ready[0].arrived + self.max_delay - now
                 if rows >= self.max_rows or left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
             batch, rows = [], 0
-            while self._queue and (not batch or rows + self._queue[0].rows <= self.max_rows):
-                pending = self._queue.popleft()
+            for pending in ready:
+                if batch and rows + pending.rows > self.max_rows:
+                    break
+                self._queue.remove(pending)
                 pending.state = "running"
                 batch.append(pending)
                 rows += pending.rows
@@ -195,24 +219,28 @@ class Batcher:
                 self._record(batch)
                 self.run(batch)
             except BaseException as error:  # never lose a waiter, whatever `run` did
+                failure = (
+                    error
+                    if isinstance(error, PartyError)
+                    else PartyError(f"Server {self.name!r} failed a batch: {error}")
+                )
                 for pending in batch:
-                    pending.fail(
-                        error
-                        if isinstance(error, PartyError)
-                        else PartyError(f"Server {self.name!r} failed a batch: {error}")
-                    )
+                    if pending.state == "running":
+                        pending.fail(failure)
             finally:
                 for pending in batch:
-                    pending.fail(PartyError(f"Server {self.name!r} left a request unanswered."))
+                    if pending.state == "running":  # not requeued, not answered
+                        pending.fail(PartyError(f"Server {self.name!r} left a request unanswered."))
                 with self._cond:
                     self._running -= 1
                     self._cond.notify_all()
 
     def _record(self, batch: Sequence[Pending]) -> None:
+        fresh = [p for p in batch if not p.not_before]  # a requeued request counts once
         with self._cond:
             self.stats["batches"] += 1
-            self.stats["requests"] += len(batch)
-            self.stats["rows"] += sum(p.rows for p in batch)
+            self.stats["requests"] += len(fresh)
+            self.stats["rows"] += sum(p.rows for p in fresh)
             self.stats["largest"] = max(self.stats["largest"], len(batch))
         for pending in batch:
             pending.batch_size = len(batch)

@@ -60,6 +60,25 @@ def test_under_load_batches_grow_while_one_runs():
     assert run.batches == [[0], list(range(1, 11))]
 
 
+def test_a_requeued_request_waits_its_delay_and_runs_in_a_later_batch():
+    seen = []
+
+    def run(batch):
+        seen.append([p.payload for p in batch])
+        for pending in batch:
+            if pending.payload == "late" and len(seen) == 1:
+                batcher.requeue(pending, delay=0.3)  # not everywhere yet: again, later
+            else:
+                pending.finish(time.monotonic())
+
+    batcher = Batcher(run, max_rows=8, max_delay=0.05, workers=1)
+    started = time.monotonic()
+    late, fresh = batcher.submit("late", 1), batcher.submit("fresh", 1)
+    assert fresh.wait(5) - started < 0.3
+    assert late.wait(5) - started >= 0.3
+    assert seen == [["late", "fresh"], ["late"]]
+
+
 def test_cancel_queue_limit_close_and_failures():
     started = threading.Event()
 

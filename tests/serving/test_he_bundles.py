@@ -178,3 +178,29 @@ def test_a_session_predicts_as_model_predict_and_the_server_never_holds_a_secret
                 tensors=[np.frombuffer(data[:-50], np.uint8)],
             )
         )  # fmt: skip
+
+
+def test_sessions_are_bounded_and_idle_ones_make_room():
+    from privkeras.backends.he.serving import HESessions
+
+    sessions = HESessions("server", max_sessions=2, max_bytes=100, idle_ttl=0.2)
+    a = sessions.add("alice", object(), 10)
+    b = sessions.add("bob", object(), 10)
+    sessions.get(a, "alice")  # alice was used last: bob's is the one to go
+    c = sessions.add("carol", object(), 10)
+    with pytest.raises(PartyError, match="register again"):
+        sessions.get(b, "bob")
+    busy = pytest.raises(PartyError, match="busy")
+    with sessions.get(a, "alice").lock, sessions.get(c, "carol").lock, busy:  # both evaluating
+        sessions.add("dave", object(), 10)
+    with pytest.raises(PartyError, match="register again"):
+        sessions.get(a, "mallory")  # a session is its client's only
+    big = sessions.add("erin", object(), 95)  # bytes bound too: everyone idle goes
+    assert sessions.stats() == {"sessions": 1, "session_bytes": 95}
+    sessions.drop(big, "erin")
+    sessions.add("frank", object(), 1)
+    import time
+
+    time.sleep(0.3)
+    sessions.sweep()  # a client that went away without closing: gone after the idle TTL
+    assert sessions.stats()["sessions"] == 0

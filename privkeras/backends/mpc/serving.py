@@ -19,8 +19,9 @@ that party's output component is ready.
    arrive together become one batch, up to `max_batch_rows` rows or
    `max_delay`.
 2. For each batch the front starts one job on the other roles (`serve.start`:
-   the request ids and row counts, nothing secret; a party waits up to 2 s
-   for a request's part still on its way) and runs its own part: every role
+   the request ids and row counts, nothing secret; a request whose part has
+   not reached a party yet is left out and tried again in a later batch, for
+   up to 10 s) and runs its own part: every role
    stacks its components of the batch's rows, runs the lowered program
    forward (`SecureProgram.forward`, the same code as `model.predict`) on its
    weight components, and keeps, per request, its component of the outputs
@@ -93,6 +94,15 @@ logger = logging.getLogger("privkeras.serving")
 _HEX = re.compile(r"^[0-9a-f]{32}$")
 #: Reveal records a server keeps for `serve.stats`.
 _REVEALS_KEPT = 256
+#: Seconds a party waits, when a batch starts, for a request's part still on its way
+#: (a client sends every party its part at once: the front's job may come first).
+_ARRIVAL_WAIT = 0.05
+#: Seconds before a request whose part was missing is tried again, in a later batch.
+_RETRY_DELAY = 0.1
+#: Seconds (at most; also at most half the timeout and the request TTL) a request whose
+#: part has not reached every party is tried again; after that it fails (its client
+#: skipped a party, or that party lost it).
+_ARRIVAL_TIMEOUT = 10.0
 
 
 # -- requests a server holds ----------------------------------------------------------------------
@@ -147,7 +157,6 @@ class HeldRequests:
 
     def add(self, held: _Held) -> None:
         """Raises PartyError for a request id in use or beyond the byte budget."""
-        self.sweep()
         with self._lock:
             if held.id in self._held:
                 raise PartyError(
@@ -311,6 +320,9 @@ class MPCServer:
                 max_workers=max(1, len(self.others) * limits.max_parallel_batches),
                 thread_name_prefix="privkeras-front",
             )
+            self._drops = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="privkeras-drops"
+            )
             self.batcher = Batcher(
                 self._run_batch,
                 max_rows=limits.max_batch_rows,
@@ -362,7 +374,7 @@ class MPCServer:
             return self._take_request(request, request_id, ticket)
         except PrivkerasError as error:
             if self.role == self.front:  # the others hold the client's parts: let them go
-                self._drop_others(request_id, error)
+                self._drop_others([request_id], error)
             raise
 
     def _take_request(self, request: Any, request_id: str, ticket: str) -> Any:
@@ -414,18 +426,19 @@ class MPCServer:
             raise held.error
         return held.output
 
-    def _drop_others(self, request_id: str, error: BaseException) -> None:
+    def _drop_others(self, request_ids: Sequence[str], error: BaseException) -> None:
+        """Tells the other compute parties (in the background) to fail these requests."""
+        reason = str(error)[:300]
         for role in self.others:
             if self.model.manifest.data["mpc"]["parties"][role]["components"]:
-                self._calls.submit(self._call_quietly, role, "serve.drop", request_id, str(error))
+                self._drops.submit(self._drop_at, role, list(request_ids), reason)
 
-    def _call_quietly(self, role: str, method: str, request_id: str, reason: str) -> None:
+    def _drop_at(self, role: str, request_ids: list[str], reason: str) -> None:
         try:
-            self.node.call(
-                role, method, meta={"id": request_id, "reason": reason[:300]}, timeout=5.0
-            )
+            meta = {"ids": request_ids, "reason": reason}
+            self.node.call(role, "serve.drop", meta=meta, timeout=2.0)
         except PrivkerasError as error:
-            logger.info("could not tell %r to drop a request: %s", role, error)
+            logger.info("could not tell %r to drop %d requests: %s", role, len(request_ids), error)
 
     def _parts(self, tensors: Sequence[Any], rows: int) -> list[np.ndarray]:
         shape = (rows, *self.model.input_shape)
@@ -503,7 +516,7 @@ class MPCServer:
             )
         requests = _request_list(request.meta.get("requests"), self.limits)
         if self.model.components:
-            helds, missing = self.held.claim(requests, wait=min(2.0, self.timeout))
+            helds, missing = self.held.claim(requests, wait=min(_ARRIVAL_WAIT, self.timeout))
             if missing:
                 return Reply([], {"missing": missing})
         else:
@@ -524,11 +537,17 @@ class MPCServer:
                 f"Expected serve.drop from the front server {self.front!r}. "
                 f"Received: one from {request.peer!r}"
             )
-        request_id = _hex(request.meta, "id")
-        held = self.held.get(request_id)
-        if held is not None and held.state == "waiting":
-            reason = str(request.meta.get("reason", "refused by the front server"))[:300]
-            self.held.fail(held, PartyError(f"The front server refused the request: {reason}"))
+        ids = request.meta.get("ids")
+        if not isinstance(ids, list) or len(ids) > self.limits.max_queued:
+            raise InvalidInputError(
+                f"Expected ids as a list of at most {self.limits.max_queued}. "
+                f"Received: {type(ids).__name__}"
+            )
+        reason = str(request.meta.get("reason", "refused by the front server"))[:300]
+        for request_id in ids:
+            held = self.held.get(_hex({"id": request_id}, "id"))
+            if held is not None and held.state == "waiting":
+                self.held.fail(held, PartyError(f"The front server refused the request: {reason}"))
 
     def _cancel(self, request: Any) -> Any:
         self._from_front(request)
@@ -578,10 +597,18 @@ class MPCServer:
                 return
             if missing:
                 self._cancel_others(job, started, "a party lacks some of the batch's inputs")
+                patience = min(_ARRIVAL_TIMEOUT, self.timeout / 2, self.limits.request_ttl)
+                late = time.monotonic() - patience
                 for pending in batch:
-                    if pending.payload.id in missing:
-                        pending.fail(PartyError(missing[pending.payload.id]))
                     pending.payload.state = "waiting"
+                    if pending.payload.id not in missing:
+                        continue
+                    if pending.arrived > late:  # its part may still be on its way: later
+                        self.batcher.requeue(pending, _RETRY_DELAY)
+                        continue
+                    failure = PartyError(missing[pending.payload.id])
+                    pending.fail(failure)
+                    self._drop_others([pending.payload.id], failure)
                 batch = [p for p in batch if p.payload.id not in missing]
                 continue
             try:
@@ -627,6 +654,7 @@ class MPCServer:
             self._cancel_others(job, started, str(failure))
             for pending in batch:
                 pending.fail(failure)
+            self._drop_others([p.payload.id for p in batch], failure)
             return None, {}
         return started, missing
 
@@ -907,11 +935,11 @@ class MPCServingClient:
         try:
             parts = [submit(self.front, True).tensors[0]]  # every party at once: one round trip
         except PrivkerasError as error:
-            # A dead or stalled party shows at the front as a batch that never ends: the
-            # call to that party names it, so raise that error if there is one.
+            # A dead or stalled party shows at the front as a batch that fails or never
+            # ends: the call to that party names it, so raise that error if there is one.
             for call in calls:
                 failure = call.exception(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
-                if failure is not None:
+                if failure is not None and "front server refused" not in str(failure):
                     raise failure from error
             raise
         parts += [call.result().tensors[0] for call in calls]
