@@ -323,7 +323,9 @@ class Client:
             ("grpc.max_send_message_length", size),
             ("grpc.max_receive_message_length", size),
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
+            # Not grpc.min_reconnect_backoff_ms: gRPC takes it as the deadline of each
+            # connection attempt, and at 100 ms TLS handshakes on a busy machine were cut
+            # off ("handshaker shutdown"), surfacing as AuthenticationError.
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
