@@ -896,7 +896,7 @@ class MPCServingClient:
         self.bound = float(manifest["input"]["bound"])
         self.max_rows = int(limits.get("max_request_rows", 1))
         self._calls = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self.holdings), thread_name_prefix="privkeras-client"
+            max_workers=8 * len(self.holdings), thread_name_prefix="privkeras-client"
         )
 
     def predict_batch(self, values: np.ndarray, timeout: float | None = None) -> np.ndarray:
@@ -919,7 +919,7 @@ class MPCServingClient:
         components = share_rows(self.codec.encode(rows, name="x"), self.num_components)
         request_id = secrets.token_hex(16)
         tickets = {role: secrets.token_hex(16) for role in self.holdings}
-        others = [role for role in self.holdings if role != self.front]
+        roles = list(self.holdings)
 
         def submit(role: str, enqueue: bool):
             meta = {
@@ -931,18 +931,24 @@ class MPCServingClient:
             tensors = [components[c] for c in self.holdings[role]]
             return self.transport.call(role, "serve.submit", tensors, meta, timeout=_left(deadline))
 
-        calls = [self._calls.submit(submit, role, False) for role in others]
-        try:
-            parts = [submit(self.front, True).tensors[0]]  # every party at once: one round trip
-        except PrivkerasError as error:
-            # A dead or stalled party shows at the front as a batch that fails or never
-            # ends: the call to that party names it, so raise that error if there is one.
-            for call in calls:
-                failure = call.exception(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
-                if failure is not None and "front server refused" not in str(failure):
-                    raise failure from error
-            raise
-        parts += [call.result().tensors[0] for call in calls]
+        calls = {role: self._calls.submit(submit, role, role == self.front) for role in roles}
+        concurrent.futures.wait(
+            calls.values(),
+            timeout=max(0.0, deadline - time.monotonic()) + 1.0,
+            return_when=concurrent.futures.FIRST_EXCEPTION,
+        )
+        failures = [c.exception() for c in calls.values() if c.done() and c.exception()]
+        if failures:
+            # The call to a dead, stalled or refusing party names it; the front's error
+            # about a batch that failed elsewhere comes second.
+            named = [f for f in failures if "front server refused" not in str(f)]
+            raise (named or failures)[0]
+        if not all(c.done() for c in calls.values()):
+            raise PartyError(
+                f"Expected every party's output component within the deadline. Received: "
+                f"none from {sorted(r for r, c in calls.items() if not c.done())}"
+            )
+        parts = [calls[role].result().tensors[0] for role in roles]
         return reconstruct(parts, self.codec)
 
     def close(self) -> None:
