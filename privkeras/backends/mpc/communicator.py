@@ -278,6 +278,9 @@ class Communicator(abc.ABC):
             raise ValueError(f"Expected a local role among {list(targets)} to receive a broadcast.")
         return np.asarray(self.receive_control(source, receiver))
 
+    def flush(self) -> None:  # noqa: B027 - a no-op where delivery is immediate
+        """Waits until every message this process sent has been delivered (in memory: at once)."""
+
     def send_control(self, src: str, dst: str, value: np.ndarray) -> None:
         """Sends a small public array on the (src, dst) channel, uncounted (setup, control)."""
         raise NotImplementedError(f"{type(self).__name__} does not cross processes")

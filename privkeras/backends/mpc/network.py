@@ -86,6 +86,7 @@ class NetworkCommunicator(Communicator):
         self.endpoint, self.job, self.kernels, self.timeout = endpoint, job, kernels, timeout
         self.outbox = outbox
         self.workers = tuple(workers)
+        self._unconfirmed: list[Any] = []
         self.me = endpoint.name
         self._sent: dict[str, int] = {}
         self._received: dict[str, int] = {}
@@ -142,10 +143,28 @@ class NetworkCommunicator(Communicator):
                 arrays, many = self._take(message.src, step)
                 tensors = [k.from_numpy(np.asarray(a, dtype=np.int64)) for a in arrays]
                 inbox[message.src, message.dst] = tuple(tensors) if many else tensors[0]
-        for send in pending:
-            if send is not None:
-                send.result()
+        # A send is accepted once its receiver buffered it; waiting for that here would put
+        # one more network hop in every round. Sends to one peer share an ordered stream,
+        # so a failed one surfaces at the next round (a later send, or a receive from a
+        # dead peer) and at `flush`, which the job calls before it ends.
+        self._unconfirmed.extend(send for send in pending if send is not None)
+        self._check_sends()
         return inbox
+
+    def _check_sends(self) -> None:
+        still = []
+        for send in self._unconfirmed:
+            if not send.done():
+                still.append(send)
+            elif send.error() is not None:
+                raise send.error()
+        self._unconfirmed = still
+
+    def flush(self) -> None:
+        """Waits until every message this process sent has been accepted (or raises why not)."""
+        for send in self._unconfirmed:
+            send.result()
+        self._unconfirmed = []
 
     def send_control(self, src: str, dst: str, value: np.ndarray) -> None:
         send = self._post(dst, [np.ascontiguousarray(value)], False)
@@ -338,6 +357,7 @@ class _PartyJob:
             )
             self.runtime = make_runtime(self.spec, kernels, comm)
             party.run_job(self.spec, self.runtime)
+            comm.flush()
             logger.info("job %s done", self.job[:8])
         except BaseException as error:
             self.error = (
@@ -511,6 +531,7 @@ class NetworkCluster(Cluster):
             )  # fmt: skip
             driver = make_runtime(spec, kernels, comm)
             yield driver
+            comm.flush()
             for thread in sharing:
                 thread.join(self.timeout + 5)
             if failed:

@@ -122,6 +122,7 @@ class OwnerShareService:
         x, targets = owner_rows(self.x, targets, spec.seed, index, spec.fit_schedule.shuffle)
         runtime.share(x, owner=self.name, name=f"x of {self.name}")
         runtime.share(targets, owner=self.name, name=f"y of {self.name}")
+        comm.flush()
         logger.info("job %s: shared %d rows with %s", request.job[:8], len(x), list(roles))
         return Reply([], {"rows": len(x)})
 
