@@ -58,11 +58,24 @@ class OperandMask:
     and applies it when the mask is first used.
     """
 
-    __slots__ = ("_fn", "_resolved", "_source")
+    __slots__ = ("_fn", "_resolved", "_right0", "_source")
 
     def __init__(self, value=None, shares=None, opened=None, *, source=None, fn=None):
         self._resolved = None if source is not None else (value, tuple(shares), tuple(opened))
         self._source, self._fn = source, fn
+        self._right0 = None
+
+    def right_operand(self, kernels: Any) -> Tensor:
+        """Party 0's right factor b0 + f, made once per mask.
+
+        The same tensor in every product with this mask (a model's weights, batch
+        after batch), so kernels that keep the split of a reused operand (the exact
+        limb routes) split it once.
+        """
+        if self._right0 is None:
+            _, shares, opened = self.resolve()
+            self._right0 = kernels.add(shares[0], opened[0])
+        return self._right0
 
     def resolve(self) -> tuple[Tensor | None, tuple, tuple[Tensor | None, Tensor | None]]:
         """(dealer's b, the two shares of b, opened f as seen by party 0 and party 1)."""
@@ -278,7 +291,7 @@ class PondProtocol(Protocol):
         out: list[Tensor | None] = [None, None]
         for party in self._local:
             # Party 0 folds its public e * f into e * (b0 + f): two products per party.
-            right = k.add(b[party], f[party]) if party == 0 else b[party]
+            right = my.right_operand(k) if party == 0 else b[party]
             out[party] = k.add(
                 c[party], k.add(bilinear(e[party], right), bilinear(a[party], f[party]))
             )
