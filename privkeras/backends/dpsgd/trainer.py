@@ -161,7 +161,7 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
                 self._noise.rekey(stream)  # the last run's buffers, a new key
             else:
                 self._noise = noise.ExactGaussianNoise(self._noise_size, self._noise_std, stream)
-            self._host = noise.HostNoise(self._noise.draw, ahead=self.host_draws_ahead)
+            self._host = noise.HostNoise(self._noise.draw, ahead=self.host_draws_ahead())
         else:
             self._noise = noise.NoiseWords(self._noise_size, stream, self.device_word_buffers)
             self._host = noise.HostNoise(self._noise.take, ahead=self.draws_words_ahead())
@@ -366,9 +366,13 @@ class DPTrainer(clipping.PerExampleGradientSource, abc.ABC):
     word_ops: Any = None  # the backend's namespace for `noise.gaussian_from_words`
     #: `NoiseWords` buffers: the one in use, the one ready, the one being drawn.
     device_word_buffers = 3
-    #: Whether the host route draws the next step's `std N` in a background thread (it
-    #: does not depend on the step's gradients) while the step computes.
-    host_draws_ahead = True
+
+    def host_draws_ahead(self) -> bool:
+        """Whether the host route draws the next step's `std N` (which does not depend on
+        the gradients) in a background thread while the step computes: when the step runs
+        on an accelerator and the host is idle. On CPU the thread competes with the step
+        and with the in-step rounding for the cores and the GIL: measured, no faster."""
+        return self.on_accelerator()
 
     @abc.abstractmethod
     def batches(self, source: Any) -> Any:
