@@ -47,6 +47,7 @@ class Pending:
         "batch_size",
         "error",
         "not_before",
+        "owner",
         "payload",
         "result",
         "rows",
@@ -57,6 +58,7 @@ class Pending:
         self.payload, self.rows = payload, rows
         self.arrived = time.monotonic()
         self.not_before = 0.0  # a requeued request waits until then
+        self.owner: object | None = None  # the batch that runs it now
         self.state = "queued"  # queued -> running -> done | failed; or cancelled
         self.result: Any = None
         self.error: BaseException | None = None
@@ -161,7 +163,7 @@ class Batcher:
     def requeue(self, pending: Pending, delay: float = 0.0) -> None:
         """Puts a request a batch took back at the head of the queue, for a batch after `delay` s."""
         with self._cond:
-            pending.state = "queued"
+            pending.state, pending.owner = "queued", None
             pending.not_before = time.monotonic() + delay
             self._queue.appendleft(pending)
             self._cond.notify_all()
@@ -199,12 +201,12 @@ class Batcher:
                 if rows >= self.max_rows or left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
-            batch, rows = [], 0
+            batch, rows, owner = [], 0, object()
             for pending in ready:
                 if batch and rows + pending.rows > self.max_rows:
                     break
                 self._queue.remove(pending)
-                pending.state = "running"
+                pending.state, pending.owner = "running", owner
                 batch.append(pending)
                 rows += pending.rows
             self._running += 1
@@ -215,6 +217,7 @@ class Batcher:
             batch = self._take()
             if batch is None:
                 return
+            owner = batch[0].owner
             try:
                 self._record(batch)
                 self.run(batch)
@@ -225,11 +228,11 @@ class Batcher:
                     else PartyError(f"Server {self.name!r} failed a batch: {error}")
                 )
                 for pending in batch:
-                    if pending.state == "running":
+                    if pending.state == "running" and pending.owner is owner:
                         pending.fail(failure)
             finally:
-                for pending in batch:
-                    if pending.state == "running":  # not requeued, not answered
+                for pending in batch:  # not answered, not requeued (another batch may run it)
+                    if pending.state == "running" and pending.owner is owner:
                         pending.fail(PartyError(f"Server {self.name!r} left a request unanswered."))
                 with self._cond:
                     self._running -= 1

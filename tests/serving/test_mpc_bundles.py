@@ -286,3 +286,17 @@ def test_each_output_component_a_client_receives_is_uniform(protocol, tmp_path):
             continue
         ks, chi = _uniform(parts[0].ravel())
         assert ks > 1e-4 and chi > 1e-4, role
+
+
+@pytest.mark.parametrize("engine, kernels", [("tfe", "tensorflow"), ("torch", "torch")])
+def test_both_kernel_engines_serve_their_bundles(engine, kernels, tmp_path):
+    keras.utils.set_random_seed(6)
+    model = PrivateSequential(
+        [keras.Input((5,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)]
+    )
+    model.compile(loss="mse", privacy=MPC(protocol="aby3", engine=engine))
+    manifest = model.export(str(tmp_path / "m"), format="mpc")
+    assert manifest.engine == f"mpc-{engine}"
+    x = np.random.default_rng(7).uniform(-1, 1, (6, 5))
+    results, _, _ = _serve_on_threads(tmp_path / "m", [x[:2], x[2:]], kernels=kernels)
+    np.testing.assert_allclose(np.concatenate(results), model.predict(x, verbose=0), atol=5e-3)

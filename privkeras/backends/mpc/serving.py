@@ -96,7 +96,7 @@ _HEX = re.compile(r"^[0-9a-f]{32}$")
 _REVEALS_KEPT = 256
 #: Seconds a party waits, when a batch starts, for a request's part still on its way
 #: (a client sends every party its part at once: the front's job may come first).
-_ARRIVAL_WAIT = 0.05
+_ARRIVAL_WAIT = 0.2
 #: Seconds before a request whose part was missing is tried again, in a later batch.
 _RETRY_DELAY = 0.1
 #: Seconds (at most; also at most half the timeout and the request TTL) a request whose
@@ -574,6 +574,7 @@ class MPCServer:
         try:
             runtime = serving_runtime(self.model, self.kernels, comm)
             outputs = run_batch(self.model, runtime, parts, rows)
+            comm.flush()  # every message this role sent was accepted
         finally:
             self.node.close_job(job)
         for part, count, (client, request_id) in zip(outputs, rows, peers):
@@ -921,7 +922,9 @@ class MPCServingClient:
         tickets = {role: secrets.token_hex(16) for role in self.holdings}
         roles = list(self.holdings)
 
-        def submit(role: str, enqueue: bool):
+        sending = [threading.Event() for role in roles if role != self.front]
+
+        def submit(role: str, enqueue: bool, sent: threading.Event | None = None):
             meta = {
                 "id": request_id,
                 "ticket": tickets[role],
@@ -929,9 +932,20 @@ class MPCServingClient:
                 "enqueue": enqueue,
             }
             tensors = [components[c] for c in self.holdings[role]]
+            if sent is not None:
+                sent.set()
+            else:  # the front last: the others' parts are on their way before it batches
+                for event in sending:
+                    event.wait(max(0.0, deadline - time.monotonic()))
             return self.transport.call(role, "serve.submit", tensors, meta, timeout=_left(deadline))
 
-        calls = {role: self._calls.submit(submit, role, role == self.front) for role in roles}
+        others = [role for role in roles if role != self.front]
+        # The front's call is queued after the others' (the pool runs calls in order):
+        # its wait for them to be on their way never holds a worker they need.
+        calls = {
+            role: self._calls.submit(submit, role, False, e) for role, e in zip(others, sending)
+        }
+        calls[self.front] = self._calls.submit(submit, self.front, True)
         concurrent.futures.wait(
             calls.values(),
             timeout=max(0.0, deadline - time.monotonic()) + 1.0,
