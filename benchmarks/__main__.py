@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.rows import cpu
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
+            "cpu": cpu(),
             "keras_backend": keras.backend.backend(),
             "quick": args.quick,
             "date": time.strftime("%Y-%m-%d"),

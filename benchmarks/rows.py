@@ -85,3 +85,17 @@ def print_backend_rows(backends: tuple[str, ...], measure: Callable[[bool], list
     if os.environ.get("KERAS_BACKEND") != args.backend:
         raise SystemExit(f"Run with KERAS_BACKEND={args.backend}.")
     print(json.dumps(measure(args.quick)))
+
+
+def cpu() -> str:
+    """The CPU every row names: model, cores and widest vector extension, read where it runs.
+
+    The project's machines vary (AVX2 boxes, AVX-512 boxes), so no suite
+    writes the machine down by hand.
+    """
+    from privkeras.core.kernels.routes import cpu_info
+
+    info = cpu_info()
+    flags = set(info["vector_extensions"])
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{info['model']}, {info['cores']} cores, {vector}"

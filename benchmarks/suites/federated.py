@@ -62,28 +62,13 @@ import re
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
-from benchmarks.rows import row
+from benchmarks.rows import cpu, row
 
 SUITE = "federated"
 MODEL_BYTES = 4 * (64 * 32 + 32 + 32 * 10 + 10)
 FLOWER_SIMULATION_S = 0.21
 ROUNDS, LR, BATCH = 10, 0.1, 32
-
-
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line),
-        "unknown",
-    )
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    vector = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    return f"{name} ({os.cpu_count()} cores, {vector})"
 
 
 def _digits():
@@ -448,7 +433,7 @@ def _scaling_rows(counts, rounds: int, data, notes: dict) -> list[dict]:
 
 def run(quick: bool = False) -> list[dict]:
     notes = {
-        "cpu": _cpu(),
+        "cpu": cpu(),
         "load_1min_before": round(os.getloadavg()[0], 2),
         "shared_box": True,
     }

@@ -55,30 +55,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.rows import row
+from benchmarks.rows import cpu, row
 
 SUITE = "he"
 BATCH = 256
 FULL_BATCH = 4096
-
-
-def _cpu() -> str:
-    """The CPU model and its widest vector extension, from /proc/cpuinfo."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    vector = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} cores, {vector}"
 
 
 def _seal_bytes(obj: Any) -> int:
@@ -243,7 +224,7 @@ class _Workload:
             "poly_modulus_degree": self.params.poly_modulus_degree,
             "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes),
             "tenseal_threads": self.baseline.threads,
-            "cpu": _cpu(),
+            "cpu": cpu(),
         }
 
     def _row(

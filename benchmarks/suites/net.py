@@ -22,7 +22,6 @@ box is shared with other work: `load_1min_before` says how busy it was.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.rows import row
+from benchmarks.rows import cpu, row
 
 SUITE = "net"
 SIZES = {"8 B": 8, "64 KiB": 64 << 10, "1 MiB": 1 << 20}
@@ -64,16 +63,6 @@ _RAW_SERVER = textwrap.dedent(
     sys.stdin.read()
     """
 )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class _RawEcho:
@@ -178,9 +167,9 @@ def run(quick: bool = False) -> list[dict]:
     big_rounds = max(10, rounds // 5)
     load = os.getloadavg()[0]
     common = {
-        "cpu": _cpu_name(),
+        "cpu": cpu(),
         "cores": os.cpu_count(),
-        "box": "2-core AMD EPYC (AVX2, no AVX-512), shared with other work while measured",
+        "box": "shared with other work while measured",
         "load_1min_before": round(load, 2),
         "transport": "gRPC over TLS 1.3 on 127.0.0.1, mutual TLS with development certificates",
     }

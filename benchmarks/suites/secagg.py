@@ -31,34 +31,15 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks.rows import row
+from benchmarks.rows import cpu, row
 from privkeras.backends.federated.secagg import STAGES, SecAggConfig, owner_cost, simulate_round
 
 SUITE = "secagg"
 VECTOR = 4810  # Digits MLP 64-64-10: 64*64 + 64 + 64*10 + 10
 CONFIG = SecAggConfig(clip_range=1.0)
-
-
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    vector = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} cores, {vector}"
 
 
 def _updates(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -206,7 +187,7 @@ def _round_time_rows(rounds: int, notes: dict) -> list[dict]:
 
 def run(quick: bool = False) -> list[dict]:
     notes = {
-        "cpu": _cpu(),
+        "cpu": cpu(),
         "load_1min_before": round(os.getloadavg()[0], 2),
         "shared_box": True,
     }

@@ -94,6 +94,8 @@ logger = logging.getLogger("privkeras.serving")
 _HEX = re.compile(r"^[0-9a-f]{32}$")
 #: Reveal records a server keeps for `serve.stats`.
 _REVEALS_KEPT = 256
+#: How often a waiting call checks that its client is still there (an answer wakes it at once).
+_POLL_S = 0.25
 #: Seconds a party waits, when a batch starts, for a request's part still on its way
 #: (a client sends every party its part at once: the front's job may come first).
 _ARRIVAL_WAIT = 0.2
@@ -411,7 +413,7 @@ class MPCServer:
         left = request.time_remaining()
         if left is not None:
             deadline = min(deadline, time.monotonic() + left)
-        while not held.done.wait(0.05):
+        while not held.done.wait(_POLL_S):
             gone, late = not request.is_active(), time.monotonic() > deadline
             if gone or late:
                 if held.state == "waiting":
@@ -464,7 +466,7 @@ class MPCServer:
                 raise PartyError("The client went away.")
             if time.monotonic() > deadline:
                 raise PartyError(f"Server {self.role!r} did not run the request in time.")
-            pending.wait_done(0.05)
+            pending.wait_done(_POLL_S)
         try:
             output = pending.wait(0)
         finally:
