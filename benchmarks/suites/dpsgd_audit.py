@@ -32,8 +32,9 @@ only as tight as the auditor's power: with K canaries no FPR below about
 
 Each Keras backend runs in its own interpreter (`python -m
 benchmarks.suites.dpsgd_audit --backend torch` prints its rows as JSON).
-The noise is drawn on the host from numpy's seeded generator under both
-backends, so with the same seeds the two audits see the same noise.
+The seeds fix the canaries and Keras's initialization; the noise and the
+Poisson batches are keyed from `os.urandom` at every run (the engine's
+exactly rounded Gaussian mechanism on CPU), so each run audits fresh noise.
 """
 
 from __future__ import annotations
